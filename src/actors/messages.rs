@@ -1,0 +1,61 @@
+//! Messages that travel between actors (messages only one actor handles live in its module).
+
+use actix::Message;
+use tokio::sync::oneshot;
+
+use crate::domain::{Priority, TenantId};
+use crate::store::chunk_writes::{ChunkOutcome, ChunkSource};
+use crate::store::staging::ChunkRef;
+use crate::store::StoreError;
+
+/// Tenant actor → writer: apply one chunk. The reply comes once its transaction committed
+/// (or failed); the tenant actor decides what a failure means.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<ChunkOutcome, StoreError>")]
+pub struct WriteChunk {
+    pub tenant_id: TenantId,
+    pub source: ChunkSource,
+}
+
+/// HTTP → supervisor → tenant actor: these staged chunks are committed and wait to be written.
+/// Losing this message loses no data: the supervisor's sweep finds staged chunks on its own.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ChunksStaged {
+    pub tenant_id: TenantId,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// One chunk of a synchronous batch, with the request that waits for its commit.
+#[derive(Debug)]
+pub struct BatchChunk {
+    pub source: ChunkSource,
+    pub priority: Priority,
+    /// Answered exactly once: with the outcome, or an error if the chunk cannot be written.
+    pub done: oneshot::Sender<Result<ChunkOutcome, BatchChunkError>>,
+}
+
+/// Why a batch chunk was not written. Nothing of it was committed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BatchChunkError {
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    #[error("the tenant's throttle would hold the batch longer than allowed")]
+    Throttled { retry_after_secs: u64 },
+    #[error("the database kept failing: {0}")]
+    Database(String),
+}
+
+/// HTTP → supervisor → tenant actor: write these batch chunks and answer each waiter.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct BatchSubmitted {
+    pub tenant_id: TenantId,
+    pub chunks: Vec<BatchChunk>,
+}
+
+/// Supervisor → tenant actors, at shutdown: dispatch nothing more, answer queued batch chunks
+/// with [`BatchChunkError::ShuttingDown`], and reply once no chunk of this tenant is in flight.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Drain;

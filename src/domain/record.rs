@@ -1,0 +1,520 @@
+//! The processing-activity record (SPEC section 2), parsed at the HTTP edge.
+//!
+//! A [`ProcessingActivity`] can only be built by [`ProcessingActivity::parse`], which enforces
+//! every record rule; the rest of the engine never re-checks them. Strings borrow from the
+//! request body when they hold no JSON escapes, so a 100,000-record scan is not copied string by
+//! string before it is encoded for staging.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::RecordError;
+
+/// One valid processing activity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessingActivity<'a> {
+    pub activity_name: Cow<'a, str>,
+    pub pdpl_category: PdplCategory,
+    pub data_fields: Vec<Cow<'a, str>>,
+    pub purpose_opt: Option<Cow<'a, str>>,
+    pub legal_basis_opt: Option<Cow<'a, str>>,
+    pub retention_period_opt: Option<Cow<'a, str>>,
+    pub data_recipients_opt: Option<Vec<Cow<'a, str>>>,
+}
+
+/// The three PDPL data categories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PdplCategory {
+    Sensitive,
+    Basic,
+    Public,
+}
+
+impl PdplCategory {
+    pub const ALL: [PdplCategory; 3] = [
+        PdplCategory::Sensitive,
+        PdplCategory::Basic,
+        PdplCategory::Public,
+    ];
+
+    /// The exact text of the category in requests, responses and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PdplCategory::Sensitive => "Category 1: Sensitive Personal Data",
+            PdplCategory::Basic => "Category 2: Basic Personal Data",
+            PdplCategory::Public => "Category 3: Public Data",
+        }
+    }
+
+    pub fn as_str_vi(self) -> &'static str {
+        match self {
+            PdplCategory::Sensitive => "Loại 1: Dữ liệu cá nhân nhạy cảm",
+            PdplCategory::Basic => "Loại 2: Dữ liệu cá nhân cơ bản",
+            PdplCategory::Public => "Loại 3: Dữ liệu công khai",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<PdplCategory> {
+        PdplCategory::ALL
+            .into_iter()
+            .find(|category| category.as_str() == text)
+    }
+}
+
+const ACTIVITY_NAME_MAX_CHARS: usize = 500;
+const DATA_FIELDS_MAX_ITEMS: usize = 100;
+const DATA_FIELD_MAX_CHARS: usize = 200;
+const PURPOSE_MAX_CHARS: usize = 2000;
+const LEGAL_BASIS_MAX_CHARS: usize = 500;
+const RETENTION_PERIOD_MAX_CHARS: usize = 100;
+const DATA_RECIPIENTS_MAX_ITEMS: usize = 100;
+const DATA_RECIPIENT_MAX_CHARS: usize = 500;
+
+const KNOWN_FIELDS: [&str; 7] = [
+    "activity_name",
+    "pdpl_category",
+    "data_fields",
+    "purpose",
+    "legal_basis",
+    "retention_period",
+    "data_recipients",
+];
+
+impl<'a> ProcessingActivity<'a> {
+    /// Parses the record at `index` of a submission from its raw JSON text.
+    pub fn parse(index: usize, raw: &'a RawValue) -> Result<ProcessingActivity<'a>, RecordError> {
+        let mut problem_opt = None;
+        let mut deserializer = serde_json::Deserializer::from_str(raw.get());
+        let fields = RawFieldsSeed {
+            index,
+            problem: &mut problem_opt,
+        }
+        .deserialize(&mut deserializer);
+        let fields = match (fields, problem_opt) {
+            (Ok(fields), None) => fields,
+            (_, Some(problem)) => return Err(problem),
+            (Err(_), None) => {
+                return Err(RecordError::new(
+                    index,
+                    "",
+                    "record must be a JSON object".to_string(),
+                    "bản ghi phải là một đối tượng JSON".to_string(),
+                ))
+            }
+        };
+
+        let activity_name = required(index, "activity_name", fields.activity_name)?;
+        let activity_name = text(
+            index,
+            "activity_name",
+            activity_name,
+            ACTIVITY_NAME_MAX_CHARS,
+        )?;
+        if activity_name.trim().is_empty() {
+            return Err(RecordError::new(
+                index,
+                "activity_name",
+                "activity_name must not be empty".to_string(),
+                "activity_name không được để trống".to_string(),
+            ));
+        }
+
+        let category_text = required(index, "pdpl_category", fields.pdpl_category)?;
+        let category_text = string(index, "pdpl_category", category_text)?;
+        let pdpl_category = PdplCategory::parse(&category_text).ok_or_else(|| {
+            let choices = PdplCategory::ALL.map(PdplCategory::as_str).join("\", \"");
+            RecordError::new(
+                index,
+                "pdpl_category",
+                format!("pdpl_category must be one of \"{choices}\""),
+                format!("pdpl_category phải là một trong \"{choices}\""),
+            )
+        })?;
+
+        let data_fields = required(index, "data_fields", fields.data_fields)?;
+        let data_fields = text_list(
+            index,
+            "data_fields",
+            data_fields,
+            DATA_FIELDS_MAX_ITEMS,
+            DATA_FIELD_MAX_CHARS,
+        )?;
+
+        let purpose_opt = optional_text(index, "purpose", fields.purpose, PURPOSE_MAX_CHARS)?;
+        let legal_basis_opt = optional_text(
+            index,
+            "legal_basis",
+            fields.legal_basis,
+            LEGAL_BASIS_MAX_CHARS,
+        )?;
+        let retention_period_opt = optional_text(
+            index,
+            "retention_period",
+            fields.retention_period,
+            RETENTION_PERIOD_MAX_CHARS,
+        )?;
+        let data_recipients_opt = match fields.data_recipients {
+            None => None,
+            Some(raw) => Some(text_list(
+                index,
+                "data_recipients",
+                raw,
+                DATA_RECIPIENTS_MAX_ITEMS,
+                DATA_RECIPIENT_MAX_CHARS,
+            )?),
+        };
+
+        Ok(ProcessingActivity {
+            activity_name,
+            pdpl_category,
+            data_fields,
+            purpose_opt,
+            legal_basis_opt,
+            retention_period_opt,
+            data_recipients_opt,
+        })
+    }
+}
+
+/// The record's fields as raw JSON, before their rules are checked. `null` reads as absent.
+#[derive(Default)]
+struct RawFields<'a> {
+    activity_name: Option<&'a RawValue>,
+    pdpl_category: Option<&'a RawValue>,
+    data_fields: Option<&'a RawValue>,
+    purpose: Option<&'a RawValue>,
+    legal_basis: Option<&'a RawValue>,
+    retention_period: Option<&'a RawValue>,
+    data_recipients: Option<&'a RawValue>,
+}
+
+/// Walks one record object, rejecting unknown and duplicate keys with a precise error that it
+/// leaves in `problem` (serde's own error type cannot carry the bilingual form).
+struct RawFieldsSeed<'p> {
+    index: usize,
+    problem: &'p mut Option<RecordError>,
+}
+
+impl<'de> DeserializeSeed<'de> for RawFieldsSeed<'_> {
+    type Value = RawFields<'de>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RawFieldsSeed<'_> {
+    type Value = RawFields<'de>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a processing activity object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = RawFields::default();
+        let mut seen = [false; KNOWN_FIELDS.len()];
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let Some(position) = KNOWN_FIELDS.iter().position(|known| *known == key) else {
+                let shown = shorten(&key);
+                *self.problem = Some(RecordError::new(
+                    self.index,
+                    &shown,
+                    format!(
+                        "unknown field \"{shown}\"; expected one of {}",
+                        KNOWN_FIELDS.join(", ")
+                    ),
+                    format!(
+                        "trường không xác định \"{shown}\"; chỉ chấp nhận {}",
+                        KNOWN_FIELDS.join(", ")
+                    ),
+                ));
+                return Err(de::Error::custom("unknown field"));
+            };
+            if std::mem::replace(&mut seen[position], true) {
+                let name = KNOWN_FIELDS[position];
+                *self.problem = Some(RecordError::new(
+                    self.index,
+                    name,
+                    format!("field \"{name}\" appears more than once"),
+                    format!("trường \"{name}\" xuất hiện nhiều lần"),
+                ));
+                return Err(de::Error::custom("duplicate field"));
+            }
+            let value: &'de RawValue = map.next_value()?;
+            let value_opt = (value.get() != "null").then_some(value);
+            match position {
+                0 => fields.activity_name = value_opt,
+                1 => fields.pdpl_category = value_opt,
+                2 => fields.data_fields = value_opt,
+                3 => fields.purpose = value_opt,
+                4 => fields.legal_basis = value_opt,
+                5 => fields.retention_period = value_opt,
+                _ => fields.data_recipients = value_opt,
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// An unknown key is echoed in the error, but never at length.
+fn shorten(key: &str) -> String {
+    key.chars().take(64).collect()
+}
+
+fn required<'a>(
+    index: usize,
+    field: &str,
+    raw_opt: Option<&'a RawValue>,
+) -> Result<&'a RawValue, RecordError> {
+    raw_opt.ok_or_else(|| {
+        RecordError::new(
+            index,
+            field,
+            format!("{field} is required"),
+            format!("trường {field} là bắt buộc"),
+        )
+    })
+}
+
+/// A JSON string, borrowed from the body when it holds no escapes.
+fn string<'a>(index: usize, field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, RecordError> {
+    if let Ok(borrowed) = serde_json::from_str::<&'a str>(raw.get()) {
+        return Ok(Cow::Borrowed(borrowed));
+    }
+    serde_json::from_str::<String>(raw.get())
+        .map(Cow::Owned)
+        .map_err(|_| {
+            RecordError::new(
+                index,
+                field,
+                format!("{field} must be a string"),
+                format!("{field} phải là chuỗi ký tự"),
+            )
+        })
+}
+
+/// A string of at most `max_chars` characters without U+0000 (PostgreSQL cannot store it).
+fn text<'a>(
+    index: usize,
+    field: &str,
+    raw: &'a RawValue,
+    max_chars: usize,
+) -> Result<Cow<'a, str>, RecordError> {
+    let value = string(index, field, raw)?;
+    check_text(index, field, &value, max_chars)?;
+    Ok(value)
+}
+
+fn check_text(index: usize, field: &str, value: &str, max_chars: usize) -> Result<(), RecordError> {
+    // A UTF-8 string never has more characters than bytes, so most strings skip the count.
+    if value.len() > max_chars && value.chars().count() > max_chars {
+        return Err(RecordError::new(
+            index,
+            field,
+            format!("{field} must be at most {max_chars} characters"),
+            format!("{field} tối đa {max_chars} ký tự"),
+        ));
+    }
+    if value.contains('\0') {
+        return Err(RecordError::new(
+            index,
+            field,
+            format!("{field} must not contain the NUL character (U+0000)"),
+            format!("{field} không được chứa ký tự NUL (U+0000)"),
+        ));
+    }
+    Ok(())
+}
+
+fn optional_text<'a>(
+    index: usize,
+    field: &str,
+    raw_opt: Option<&'a RawValue>,
+    max_chars: usize,
+) -> Result<Option<Cow<'a, str>>, RecordError> {
+    raw_opt
+        .map(|raw| text(index, field, raw, max_chars))
+        .transpose()
+}
+
+fn text_list<'a>(
+    index: usize,
+    field: &str,
+    raw: &'a RawValue,
+    max_items: usize,
+    max_item_chars: usize,
+) -> Result<Vec<Cow<'a, str>>, RecordError> {
+    let items: Vec<&'a RawValue> = serde_json::from_str(raw.get()).map_err(|_| {
+        RecordError::new(
+            index,
+            field,
+            format!("{field} must be an array of strings"),
+            format!("{field} phải là một mảng chuỗi ký tự"),
+        )
+    })?;
+    if items.len() > max_items {
+        return Err(RecordError::new(
+            index,
+            field,
+            format!("{field} must have at most {max_items} items"),
+            format!("{field} tối đa {max_items} phần tử"),
+        ));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(position, item)| {
+            let item_field = format!("{field}[{position}]");
+            let value = string(index, &item_field, item)?;
+            if value.is_empty() {
+                return Err(RecordError::new(
+                    index,
+                    &item_field,
+                    format!("{item_field} must not be empty"),
+                    format!("{item_field} không được để trống"),
+                ));
+            }
+            check_text(index, &item_field, &value, max_item_chars)?;
+            Ok(value)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<ProcessingActivity<'_>, RecordError> {
+        let raw: &RawValue = serde_json::from_str(json).expect("test JSON is well formed");
+        ProcessingActivity::parse(3, raw)
+    }
+
+    const VALID: &str = r#"{"activity_name":"Quản lý hồ sơ nhân sự","pdpl_category":"Category 2: Basic Personal Data","data_fields":["họ tên","số CCCD"],"purpose":"Trả lương","data_recipients":["Ngân hàng Vietcombank"]}"#;
+
+    #[test]
+    fn a_valid_record_borrows_its_text() {
+        let record = parse(VALID).unwrap();
+        assert_eq!(record.activity_name, "Quản lý hồ sơ nhân sự");
+        assert!(matches!(record.activity_name, Cow::Borrowed(_)));
+        assert_eq!(record.pdpl_category, PdplCategory::Basic);
+        assert_eq!(record.data_fields, vec!["họ tên", "số CCCD"]);
+        assert_eq!(record.legal_basis_opt, None);
+        assert_eq!(
+            record.data_recipients_opt,
+            Some(vec![Cow::Borrowed("Ngân hàng Vietcombank")])
+        );
+    }
+
+    #[test]
+    fn escaped_text_is_decoded() {
+        let record = parse(
+            r#"{"activity_name":"Qu\u1ea3n l\u00fd","pdpl_category":"Category 3: Public Data","data_fields":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(record.activity_name, "Quản lý");
+        assert!(record.data_fields.is_empty());
+    }
+
+    fn field_of(json: &str) -> String {
+        let error = parse(json).unwrap_err();
+        assert_eq!(error.index, 3);
+        assert!(!error.error.is_empty() && !error.error_vi.is_empty());
+        error.field
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let cases = [
+            (
+                r#"{"pdpl_category":"Category 3: Public Data","data_fields":[]}"#,
+                "activity_name",
+            ),
+            (
+                r#"{"activity_name":"","pdpl_category":"Category 3: Public Data","data_fields":[]}"#,
+                "activity_name",
+            ),
+            (
+                r#"{"activity_name":"   ","pdpl_category":"Category 3: Public Data","data_fields":[]}"#,
+                "activity_name",
+            ),
+            (
+                r#"{"activity_name":5,"pdpl_category":"Category 3: Public Data","data_fields":[]}"#,
+                "activity_name",
+            ),
+            (
+                r#"{"activity_name":"a\u0000b","pdpl_category":"Category 3: Public Data","data_fields":[]}"#,
+                "activity_name",
+            ),
+            (
+                r#"{"activity_name":"a","pdpl_category":"Category 4","data_fields":[]}"#,
+                "pdpl_category",
+            ),
+            (
+                r#"{"activity_name":"a","pdpl_category":"Category 3: Public Data"}"#,
+                "data_fields",
+            ),
+            (
+                r#"{"activity_name":"a","pdpl_category":"Category 3: Public Data","data_fields":"x"}"#,
+                "data_fields",
+            ),
+            (
+                r#"{"activity_name":"a","pdpl_category":"Category 3: Public Data","data_fields":["ok",""]}"#,
+                "data_fields[1]",
+            ),
+            (
+                r#"{"activity_name":"a","pdpl_category":"Category 3: Public Data","data_fields":[1]}"#,
+                "data_fields[0]",
+            ),
+            (
+                r#"{"activity_name":"a","pdpl_category":"Category 3: Public Data","data_fields":[],"purpose":["x"]}"#,
+                "purpose",
+            ),
+            (
+                r#"{"activity_name":"a","pdpl_category":"Category 3: Public Data","data_fields":[],"data_recipients":["\u0000"]}"#,
+                "data_recipients[0]",
+            ),
+            (
+                r#"{"activity_name":"a","pdpl_category":"Category 3: Public Data","data_fields":[],"purpse":"typo"}"#,
+                "purpse",
+            ),
+            (
+                r#"{"activity_name":"a","activity_name":"b","pdpl_category":"Category 3: Public Data","data_fields":[]}"#,
+                "activity_name",
+            ),
+            (r#"[1,2]"#, ""),
+            (r#""text""#, ""),
+        ];
+        for (json, field) in cases {
+            assert_eq!(field_of(json), field, "{json}");
+        }
+    }
+
+    #[test]
+    fn lengths_count_characters_not_bytes() {
+        let name = "ệ".repeat(500);
+        let json = format!(
+            r#"{{"activity_name":"{name}","pdpl_category":"Category 3: Public Data","data_fields":[]}}"#
+        );
+        assert!(parse(&json).is_ok());
+        let too_long = "ệ".repeat(501);
+        let json = format!(
+            r#"{{"activity_name":"{too_long}","pdpl_category":"Category 3: Public Data","data_fields":[]}}"#
+        );
+        assert_eq!(field_of(&json), "activity_name");
+    }
+
+    #[test]
+    fn lists_are_bounded() {
+        let items = vec!["\"x\""; 101].join(",");
+        let json = format!(
+            r#"{{"activity_name":"a","pdpl_category":"Category 3: Public Data","data_fields":[{items}]}}"#
+        );
+        assert_eq!(field_of(&json), "data_fields");
+    }
+}

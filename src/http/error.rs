@@ -1,0 +1,170 @@
+//! The one mapping from failures to HTTP status and bilingual error body.
+//!
+//! Every error response is `{"code", "error", "error_vi", "details"?}`; 429 and 503 carry
+//! `Retry-After`.
+
+use serde::Serialize;
+use serde_json::json;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::Reply;
+
+use crate::store::StoreError;
+use crate::submission::SubmissionError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub error: String,
+    pub error_vi: String,
+    pub details_opt: Option<serde_json::Value>,
+    pub retry_after_secs_opt: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    error: &'a str,
+    error_vi: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a serde_json::Value>,
+}
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        error: impl Into<String>,
+        error_vi: impl Into<String>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            code,
+            error: error.into(),
+            error_vi: error_vi.into(),
+            details_opt: None,
+            retry_after_secs_opt: None,
+        }
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> ApiError {
+        self.details_opt = Some(details);
+        self
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after_secs_opt = Some(seconds.max(1));
+        self
+    }
+
+    pub fn bad_request(
+        code: &'static str,
+        error: impl Into<String>,
+        error_vi: impl Into<String>,
+    ) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, error, error_vi)
+    }
+
+    pub fn not_found() -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the requested resource does not exist",
+            "tài nguyên được yêu cầu không tồn tại",
+        )
+    }
+
+    pub fn shutting_down() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the engine is shutting down; retry shortly",
+            "hệ thống đang tắt; vui lòng thử lại sau ít phút",
+        )
+        .with_retry_after(5)
+    }
+
+    pub fn payload_too_large(limit: u64) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body exceeds {limit} bytes"),
+            format!("nội dung yêu cầu vượt quá {limit} byte"),
+        )
+        .with_details(json!({ "max_bytes": limit }))
+    }
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            code: self.code,
+            error: &self.error,
+            error_vi: &self.error_vi,
+            details: self.details_opt.as_ref(),
+        };
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        if let Some(seconds) = self.retry_after_secs_opt {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<SubmissionError> for ApiError {
+    fn from(error: SubmissionError) -> ApiError {
+        match error {
+            SubmissionError::Malformed(reason) => ApiError::bad_request(
+                "malformed_request",
+                format!("the request body is not valid JSON for this route: {reason}"),
+                format!("nội dung yêu cầu không phải JSON hợp lệ cho đường dẫn này: {reason}"),
+            ),
+            SubmissionError::InvalidField {
+                field,
+                message,
+                message_vi,
+            } => ApiError::bad_request("invalid_field", message, message_vi)
+                .with_details(json!({ "field": field })),
+            SubmissionError::NoRecords => ApiError::bad_request(
+                "no_records",
+                "activities must hold at least one record",
+                "activities phải có ít nhất một bản ghi",
+            ),
+            SubmissionError::TooManyRecords { count, max } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_records",
+                format!("{count} records submitted; at most {max} are accepted at once"),
+                format!("đã gửi {count} bản ghi; mỗi lần chỉ chấp nhận tối đa {max} bản ghi"),
+            )
+            .with_details(json!({ "count": count, "max_records": max })),
+            SubmissionError::NothingValid {
+                errors,
+                records_failed,
+            } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "no_valid_records",
+                "no record of the submission is valid; nothing was stored",
+                "không có bản ghi hợp lệ nào trong yêu cầu; không có dữ liệu nào được lưu",
+            )
+            .with_details(json!({ "records_failed": records_failed, "errors": errors })),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    /// The database could not do what the request needs: the request can be retried.
+    fn from(error: StoreError) -> ApiError {
+        tracing::warn!(%error, "request failed on the database");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "the database is unavailable; the request changed nothing, retry shortly",
+            "cơ sở dữ liệu tạm thời không khả dụng; yêu cầu chưa thay đổi dữ liệu nào, vui lòng thử lại sau",
+        )
+        .with_retry_after(2)
+    }
+}

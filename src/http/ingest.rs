@@ -1,0 +1,355 @@
+//! The ingest routes: `POST /data-scans`, `GET /data-scans[/{id}]`,
+//! `POST /batch/processing-activities`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Buf;
+use futures_util::Stream;
+use serde_json::json;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Reply;
+
+use super::{read_json_body, ApiError, AppState, Query};
+use crate::actors::messages::{BatchChunk, BatchChunkError, BatchSubmitted, ChunksStaged};
+use crate::domain::{Priority, RecordError, ScanStatus, TenantId};
+use crate::store::chunk_writes::ChunkSource;
+use crate::store::queries::{self, ScanRow};
+use crate::store::staging::{self, NewScan, StagedScan};
+use crate::submission::{self, parse_tenant_id, PreparedScan};
+
+/// Default and largest page of `GET /data-scans`.
+const SCAN_LIST_DEFAULT_LIMIT: i64 = 50;
+const SCAN_LIST_MAX_LIMIT: i64 = 500;
+
+fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(Reply::into_response)
+}
+
+pub async fn submit_scan(
+    state: Arc<AppState>,
+    content_type_opt: Option<String>,
+    content_length_opt: Option<String>,
+    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+) -> Response {
+    respond(submit_scan_inner(state, content_type_opt, content_length_opt, body).await)
+}
+
+async fn submit_scan_inner(
+    state: Arc<AppState>,
+    content_type_opt: Option<String>,
+    content_length_opt: Option<String>,
+    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+) -> Result<Response, ApiError> {
+    if !state.is_accepting() {
+        return Err(ApiError::shutting_down());
+    }
+    let limit = state.settings.http.max_scan_body_bytes;
+    let body = read_json_body(content_type_opt, content_length_opt, body, limit).await?;
+    let (max_records, chunk_records) = (
+        state.settings.ingest.max_scan_records,
+        state.settings.ingest.chunk_records,
+    );
+    // Parsing and encoding a large scan is CPU work: keep it off the request threads.
+    let prepared: PreparedScan = tokio::task::spawn_blocking(move || {
+        submission::prepare_scan(&body, max_records, chunk_records)
+    })
+    .await
+    .map_err(|_| internal("parsing the scan stopped unexpectedly"))??;
+
+    let new_scan = NewScan {
+        tenant_id: prepared.tenant_id,
+        scan_id: prepared.scan_id,
+        priority: prepared.priority,
+        records_total: prepared.records.records_total as i32,
+        records_failed: prepared.records.records_failed as i32,
+        errors: serde_json::to_value(&prepared.records.errors).unwrap_or_default(),
+        idempotency_key_opt: prepared.idempotency_key_opt,
+        chunks: prepared.records.chunks,
+    };
+    let defaults = crate::actors::tenant_defaults(&state.settings);
+    let staged = staging::stage_scan(&state.pool, &new_scan, defaults).await?;
+    let scan = match staged {
+        StagedScan::New { scan, chunks } => {
+            state.engine.chunks_staged(ChunksStaged {
+                tenant_id: scan.tenant_id,
+                chunks,
+            });
+            scan
+        }
+        StagedScan::Existing(scan) => scan,
+    };
+    let body = json!({
+        "scan_id": scan.scan_id,
+        "tenant_id": scan.tenant_id,
+        "status": scan.status.as_str(),
+        "status_vi": scan.status.as_str_vi(),
+        "priority": scan.priority.as_str(),
+        "records_total": scan.records_total,
+        "records_invalid": scan_invalid_at_submission(&scan),
+        "errors": scan.errors,
+        "status_url": format!("/data-scans/{}?tenant_id={}", scan.scan_id, scan.tenant_id),
+    });
+    Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response())
+}
+
+/// Records refused at submission are the scan's failures before any write.
+fn scan_invalid_at_submission(scan: &ScanRow) -> i32 {
+    if scan.status == ScanStatus::Pending {
+        scan.records_failed
+    } else {
+        scan.errors.len() as i32
+    }
+}
+
+pub async fn get_scan(scan_id_text: String, state: Arc<AppState>, query: Query) -> Response {
+    respond(get_scan_inner(state, scan_id_text, query).await)
+}
+
+async fn get_scan_inner(
+    state: Arc<AppState>,
+    scan_id_text: String,
+    query: Query,
+) -> Result<Response, ApiError> {
+    let tenant_id = tenant_from_query(&query)?;
+    let scan_id = Uuid::parse_str(&scan_id_text).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_scan_id",
+            "scan_id must be a UUID",
+            "scan_id phải là một UUID",
+        )
+    })?;
+    let scan = queries::scan(&state.pool, tenant_id, scan_id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(warp::reply::json(&scan_json(&scan)).into_response())
+}
+
+pub async fn list_scans(state: Arc<AppState>, query: Query) -> Response {
+    respond(list_scans_inner(state, query).await)
+}
+
+async fn list_scans_inner(state: Arc<AppState>, query: Query) -> Result<Response, ApiError> {
+    let tenant_id = tenant_from_query(&query)?;
+    let status_opt = match query.get("status").map(String::as_str) {
+        None | Some("") => None,
+        Some(text) => Some(ScanStatus::parse(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_status",
+                "status must be one of pending, processing, completed, completed_with_errors, failed",
+                "status phải là một trong pending, processing, completed, completed_with_errors, failed",
+            )
+        })?),
+    };
+    let limit = match query.get("limit") {
+        None => SCAN_LIST_DEFAULT_LIMIT,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|limit| (1..=SCAN_LIST_MAX_LIMIT).contains(limit))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_limit",
+                    format!("limit must be an integer from 1 to {SCAN_LIST_MAX_LIMIT}"),
+                    format!("limit phải là số nguyên từ 1 đến {SCAN_LIST_MAX_LIMIT}"),
+                )
+            })?,
+    };
+    let scans = queries::scans(&state.pool, tenant_id, status_opt, limit).await?;
+    let body = json!({
+        "tenant_id": tenant_id,
+        "count": scans.len(),
+        "scans": scans.iter().map(scan_json).collect::<Vec<_>>(),
+    });
+    Ok(warp::reply::json(&body).into_response())
+}
+
+fn scan_json(scan: &ScanRow) -> serde_json::Value {
+    let accounted = scan.records_processed + scan.records_failed;
+    let progress_percent = if scan.records_total > 0 {
+        (accounted as f64 * 10_000.0 / scan.records_total as f64).round() / 100.0
+    } else {
+        100.0
+    };
+    let error_details = if scan.records_failed > 0 {
+        json!({
+            "records_failed": scan.records_failed,
+            "errors_shown": scan.errors.len(),
+            "message": format!("{} records failed; the first {} are listed in errors", scan.records_failed, scan.errors.len()),
+            "message_vi": format!("{} bản ghi bị lỗi; {} lỗi đầu tiên được liệt kê trong errors", scan.records_failed, scan.errors.len()),
+        })
+    } else {
+        serde_json::Value::Null
+    };
+    json!({
+        "scan_id": scan.scan_id,
+        "tenant_id": scan.tenant_id,
+        "status": scan.status.as_str(),
+        "status_vi": scan.status.as_str_vi(),
+        "priority": scan.priority.as_str(),
+        "progress_percent": progress_percent,
+        "records_total": scan.records_total,
+        "records_processed": scan.records_processed,
+        "records_failed": scan.records_failed,
+        "errors": scan.errors,
+        "error_details": error_details,
+        "created_at": scan.created_at,
+        "started_at": scan.started_at_opt,
+        "completed_at": scan.completed_at_opt,
+    })
+}
+
+fn tenant_from_query(query: &Query) -> Result<TenantId, ApiError> {
+    let text = query.get("tenant_id").ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_tenant_id",
+            "the tenant_id query parameter is required",
+            "tham số truy vấn tenant_id là bắt buộc",
+        )
+    })?;
+    Ok(parse_tenant_id(text)?)
+}
+
+pub async fn submit_batch(
+    state: Arc<AppState>,
+    query: Query,
+    content_type_opt: Option<String>,
+    content_length_opt: Option<String>,
+    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+) -> Response {
+    respond(submit_batch_inner(state, query, content_type_opt, content_length_opt, body).await)
+}
+
+async fn submit_batch_inner(
+    state: Arc<AppState>,
+    query: Query,
+    content_type_opt: Option<String>,
+    content_length_opt: Option<String>,
+    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    if !state.is_accepting() {
+        return Err(ApiError::shutting_down());
+    }
+    let tenant_id = tenant_from_query(&query)?;
+    let limit = state.settings.http.max_batch_body_bytes;
+    let body = read_json_body(content_type_opt, content_length_opt, body, limit).await?;
+    let (max_records, chunk_records) = (
+        state.settings.ingest.max_batch_records,
+        state.settings.ingest.chunk_records,
+    );
+    let encoded = tokio::task::spawn_blocking(move || {
+        submission::prepare_batch(&body, tenant_id, max_records, chunk_records)
+    })
+    .await
+    .map_err(|_| internal("parsing the batch stopped unexpectedly"))??;
+
+    // The tenant is registered (with default limits) before its actor reads them.
+    let defaults = crate::actors::tenant_defaults(&state.settings);
+    staging::tenant_limits(&state.pool, tenant_id, defaults).await?;
+
+    let mut receivers = Vec::with_capacity(encoded.chunks.len());
+    let mut chunks = Vec::with_capacity(encoded.chunks.len());
+    for chunk in encoded.chunks {
+        let (done, receiver) = oneshot::channel();
+        receivers.push((chunk.record_count, receiver));
+        chunks.push(BatchChunk {
+            source: ChunkSource::Inline {
+                payload: chunk.payload.into(),
+                record_count: chunk.record_count,
+            },
+            priority: Priority::Standard,
+            done,
+        });
+    }
+    state
+        .engine
+        .batch_submitted(BatchSubmitted { tenant_id, chunks });
+
+    let mut records_created: u64 = 0;
+    let mut records_failed = encoded.records_failed as u64;
+    let mut errors: Vec<RecordError> = encoded.errors;
+    let mut unwritten: Vec<BatchChunkError> = Vec::new();
+    for (record_count, receiver) in receivers {
+        match receiver.await {
+            Ok(Ok(outcome)) => {
+                records_created += outcome.written;
+                records_failed += outcome.dead_lettered;
+            }
+            Ok(Err(error)) => {
+                records_failed += record_count as u64;
+                unwritten.push(error);
+            }
+            Err(_) => {
+                records_failed += record_count as u64;
+                unwritten.push(BatchChunkError::ShuttingDown);
+            }
+        }
+    }
+    if records_created == 0 {
+        if let Some(error) = unwritten.first() {
+            return Err(batch_refusal(error));
+        }
+    }
+    if !unwritten.is_empty() {
+        errors.push(RecordError::new(
+            0,
+            "",
+            format!(
+                "{} chunks of this batch were not written: {}",
+                unwritten.len(),
+                unwritten[0]
+            ),
+            format!(
+                "{} phần của lô này chưa được ghi; hãy gửi lại các bản ghi đó",
+                unwritten.len()
+            ),
+        ));
+    }
+    let success = unwritten.is_empty();
+    let body = json!({
+        "success": success,
+        "success_vi": if success { "thành công" } else { "thành công một phần" },
+        "records_created": records_created,
+        "records_failed": records_failed,
+        "errors": errors,
+        "execution_time_seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        "message": format!("{records_created} records created, {records_failed} failed"),
+        "message_vi": format!("đã tạo {records_created} bản ghi, {records_failed} bản ghi lỗi"),
+    });
+    Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::CREATED).into_response())
+}
+
+fn batch_refusal(error: &BatchChunkError) -> ApiError {
+    match error {
+        BatchChunkError::ShuttingDown => ApiError::shutting_down(),
+        BatchChunkError::Throttled { retry_after_secs } => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "tenant_throttled",
+            "the tenant's write rate would hold this batch too long; nothing was written, retry later",
+            "giới hạn tốc độ ghi của tổ chức sẽ giữ lô này quá lâu; chưa có dữ liệu nào được ghi, vui lòng thử lại sau",
+        )
+        .with_retry_after(*retry_after_secs),
+        BatchChunkError::Database(reason) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            format!("the batch could not be written; nothing was stored: {reason}"),
+            "không ghi được lô dữ liệu; chưa có dữ liệu nào được lưu, vui lòng thử lại sau",
+        )
+        .with_retry_after(2),
+    }
+}
+
+fn internal(reason: &str) -> ApiError {
+    tracing::error!(reason, "internal failure");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the request could not be processed; retry shortly",
+        "không xử lý được yêu cầu; vui lòng thử lại sau",
+    )
+    .with_retry_after(1)
+}

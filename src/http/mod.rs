@@ -1,0 +1,250 @@
+//! The warp facade: routes, body limits, and the mapping of every rejection to a bilingual
+//! error.
+//!
+//! **Invariant:** only `http/` knows warp and the JSON shapes of the API. Handlers never return
+//! a rejection for a request they recognise: they answer with a response or an [`ApiError`],
+//! and [`recover`] turns warp's own rejections (unknown route, wrong method) into the same
+//! error body, so no request ever gets a bare 500.
+
+pub mod error;
+mod health;
+mod ingest;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+pub use self::error::ApiError;
+use crate::actors::Engine;
+use crate::config::Settings;
+use crate::store::Pool;
+
+/// What every handler may use.
+pub struct AppState {
+    pub settings: Settings,
+    pub pool: Pool,
+    pub engine: Engine,
+    /// Cleared at shutdown: submissions get 503 from then on.
+    pub accepting: AtomicBool,
+}
+
+impl AppState {
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+}
+
+pub type Query = HashMap<String, String>;
+
+/// All routes.
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let with_state = {
+        let state = state.clone();
+        warp::any().map(move || state.clone())
+    };
+    let query = warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+        .map(|raw: String| parse_query(&raw));
+
+    let health = warp::path!("health").and(warp::get()).map(health::liveness);
+    let health_database = warp::path!("health" / "database")
+        .and(warp::get())
+        .and(with_state.clone())
+        .then(health::database);
+
+    let submit_scan = warp::path!("data-scans")
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<String>("content-length"))
+        .and(warp::body::stream())
+        .then(ingest::submit_scan);
+    let get_scan = warp::path!("data-scans" / String)
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(query.clone())
+        .then(ingest::get_scan);
+    let list_scans = warp::path!("data-scans")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(query.clone())
+        .then(ingest::list_scans);
+    let submit_batch = warp::path!("batch" / "processing-activities")
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(query.clone())
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<String>("content-length"))
+        .and(warp::body::stream())
+        .then(ingest::submit_batch);
+
+    health
+        .or(health_database)
+        .unify()
+        .or(submit_scan)
+        .unify()
+        .or(get_scan)
+        .unify()
+        .or(list_scans)
+        .unify()
+        .or(submit_batch)
+        .unify()
+        .recover(recover)
+        .unify()
+        .with(warp::trace::request())
+}
+
+/// A query string as a map; malformed percent-encoding leaves the raw text.
+fn parse_query(raw: &str) -> Query {
+    raw.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode_component(key), decode_component(value))
+        })
+        .collect()
+}
+
+fn decode_component(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut position = 0;
+    while position < bytes.len() {
+        match bytes[position] {
+            b'+' => decoded.push(b' '),
+            b'%' if position + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[position + 1..position + 3]).ok();
+                match hex.and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
+                    Some(byte) => {
+                        decoded.push(byte);
+                        position += 2;
+                    }
+                    None => decoded.push(b'%'),
+                }
+            }
+            byte => decoded.push(byte),
+        }
+        position += 1;
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+/// Refuses a body whose declared or actual size exceeds `limit`, and a non-JSON content type.
+pub async fn read_json_body(
+    content_type_opt: Option<String>,
+    content_length_opt: Option<String>,
+    mut body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+    limit: u64,
+) -> Result<Bytes, ApiError> {
+    if let Some(content_type) = content_type_opt {
+        let essence = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "the body must be application/json, not {}",
+                    shorten(&essence)
+                ),
+                format!(
+                    "nội dung phải là application/json, không phải {}",
+                    shorten(&essence)
+                ),
+            ));
+        }
+    }
+    if let Some(length) = content_length_opt.and_then(|text| text.trim().parse::<u64>().ok()) {
+        if length > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+    }
+    let mut collected = BytesMut::new();
+    while let Some(part) = body.next().await {
+        let mut part = part.map_err(|_| {
+            ApiError::bad_request(
+                "body_unreadable",
+                "the request body could not be read",
+                "không đọc được nội dung yêu cầu",
+            )
+        })?;
+        if collected.len() as u64 + part.remaining() as u64 > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        while part.has_remaining() {
+            let piece = part.chunk();
+            collected.extend_from_slice(piece);
+            let advanced = piece.len();
+            part.advance(advanced);
+        }
+    }
+    Ok(collected.freeze())
+}
+
+fn shorten(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+/// Turns warp's rejections into the API's error body.
+async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    let error = if rejection.is_not_found() {
+        ApiError::not_found()
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this method is not allowed on this route",
+            "phương thức này không được phép trên đường dẫn này",
+        )
+    } else if rejection.find::<warp::reject::InvalidHeader>().is_some()
+        || rejection.find::<warp::reject::MissingHeader>().is_some()
+    {
+        ApiError::bad_request(
+            "invalid_header",
+            "a request header is invalid",
+            "một tiêu đề yêu cầu không hợp lệ",
+        )
+    } else {
+        tracing::warn!(?rejection, "unexpected rejection");
+        ApiError::bad_request(
+            "bad_request",
+            "the request is not valid",
+            "yêu cầu không hợp lệ",
+        )
+    };
+    Ok(error.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_are_decoded() {
+        let query = parse_query(
+            "tenant_id=abc&status=completed_with_errors&name=H%E1%BB%93+s%C6%A1&bad=%zz&flag",
+        );
+        assert_eq!(query["tenant_id"], "abc");
+        assert_eq!(query["name"], "Hồ sơ");
+        assert_eq!(query["bad"], "%zz");
+        assert_eq!(query["flag"], "");
+        assert_eq!(
+            parse_query("x=%4"),
+            HashMap::from([("x".to_string(), "%4".to_string())])
+        );
+    }
+}

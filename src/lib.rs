@@ -1,0 +1,10 @@
+//! The tenant-fair, durable ingestion engine: see `ARCHITECTURE.md` for the map.
+
+pub mod actors;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod startup;
+pub mod store;
+pub mod submission;
+pub mod telemetry;

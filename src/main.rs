@@ -1,0 +1,104 @@
+//! Command line: `serve` (default) and `migrate`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use ingest_engine::config::Settings;
+use ingest_engine::startup::{termination_signal, Application};
+use ingest_engine::store::embedded::{ClusterOptions, EmbeddedCluster};
+use ingest_engine::store::{connections, migrations};
+use ingest_engine::telemetry;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Tenant-fair, durable ingestion engine for PDPL processing activities"
+)]
+struct Cli {
+    /// Settings file (default: config/default.toml, optional).
+    #[arg(long, global = true, env = "INGEST_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply migrations and serve the API (the default).
+    Serve,
+    /// Apply migrations and exit.
+    Migrate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("configuration error: {error}\nlỗi cấu hình: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&settings.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("http")
+        .build()
+        .expect("a tokio runtime can always be built on Linux");
+    let outcome = runtime.block_on(run(cli.command.unwrap_or(Command::Serve), settings));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    // With no database URL the engine runs its own cluster, stopped when `cluster_opt` drops.
+    let mut cluster_opt = None;
+    let database_url = match settings.database_url_opt() {
+        Some(url) => url.to_string(),
+        None => {
+            let embedded = &settings.database.embedded;
+            let options = ClusterOptions {
+                data_dir: embedded.data_dir.clone(),
+                port: embedded.port,
+                os_user: embedded.os_user.clone(),
+                config_file_opt: Some(embedded.config_file.clone()),
+                startup_timeout: Duration::from_secs(embedded.startup_timeout_secs),
+                search_path_opt: None,
+            };
+            let cluster =
+                tokio::task::spawn_blocking(move || EmbeddedCluster::start(&options)).await??;
+            let url = cluster.database_url();
+            let config = connections::parse_url(&url, Duration::from_secs(10))?;
+            cluster_opt = Some(cluster);
+            connections::ensure_database(&config).await?;
+            url
+        }
+    };
+    let outcome = match command {
+        Command::Migrate => {
+            let config = connections::parse_url(
+                &database_url,
+                Duration::from_secs(settings.database.connect_timeout_secs),
+            )?;
+            let applied = migrations::run(&config).await?;
+            tracing::info!(applied = applied.len(), "migrations up to date");
+            Ok(())
+        }
+        Command::Serve => {
+            let application = Application::build(settings, &database_url).await?;
+            application.run_until(termination_signal()).await
+        }
+    };
+    if let Some(mut cluster) = cluster_opt {
+        tokio::task::spawn_blocking(move || cluster.stop()).await?;
+    }
+    outcome
+}

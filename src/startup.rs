@@ -1,0 +1,99 @@
+//! The application: binds its listener, starts the actor system, serves until told to stop.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::oneshot;
+
+use crate::actors::Engine;
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::store::{connections, migrations};
+
+/// A bound, ready application. Nothing is served until [`Application::run_until`].
+pub struct Application {
+    address: SocketAddr,
+    state: Arc<AppState>,
+    server: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+    stop_server: oneshot::Sender<()>,
+}
+
+impl Application {
+    /// Applies migrations, opens the pool, starts the actors (which resume staged work) and
+    /// binds the HTTP listener (port 0 picks a free one).
+    pub async fn build(settings: Settings, database_url: &str) -> anyhow::Result<Application> {
+        let database = connections::parse_url(
+            database_url,
+            Duration::from_secs(settings.database.connect_timeout_secs),
+        )?;
+        migrations::run(&database).await?;
+        let pool = connections::build_pool(
+            &database,
+            settings.database.pool_size,
+            Duration::from_secs(settings.database.pool_timeout_secs),
+        )
+        .await;
+        let engine = Engine::start(&settings, &database)?;
+        let host: IpAddr =
+            settings.http.host.parse().with_context(|| {
+                format!("http.host {:?} is not an IP address", settings.http.host)
+            })?;
+        let state = Arc::new(AppState {
+            settings: settings.clone(),
+            pool,
+            engine,
+            accepting: AtomicBool::new(true),
+        });
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let (address, server) = warp::serve(http::routes(state.clone()))
+            .try_bind_with_graceful_shutdown((host, settings.http.port), async move {
+                let _ = stopped.await;
+            })
+            .with_context(|| format!("binding {host}:{}", settings.http.port))?;
+        tracing::info!(%address, "http listening");
+        Ok(Application {
+            address,
+            state,
+            server: Box::pin(server),
+            stop_server,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Serves until `shutdown` completes, then stops in order: refuse new submissions (503),
+    /// let chunks in flight finish within the grace period, stop the actors, stop HTTP.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let server = tokio::spawn(self.server);
+        shutdown.await;
+        tracing::info!("shutting down");
+        self.state.accepting.store(false, Ordering::Release);
+        let grace = Duration::from_secs(self.state.settings.shutdown.grace_period_secs);
+        self.state.engine.shutdown(grace).await;
+        let _ = self.stop_server.send(());
+        if tokio::time::timeout(grace, server).await.is_err() {
+            tracing::warn!("http requests still open after the grace period");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate =
+        signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail on Unix");
+    let mut interrupt =
+        signal(SignalKind::interrupt()).expect("installing a SIGINT handler cannot fail on Unix");
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("sigterm received"),
+        _ = interrupt.recv() => tracing::info!("sigint received"),
+    }
+}

@@ -1,0 +1,60 @@
+//! Everything that talks to PostgreSQL.
+//!
+//! **Invariant:** only `store/` runs SQL. Fixed roles: [`connections`] opens pools and
+//! dedicated connections, [`migrations`] owns the schema, [`copy_encoder`] encodes records for
+//! binary `COPY`, [`staging`] makes submissions durable, [`chunk_writes`] applies staged chunks
+//! exactly once, [`queries`] answers reads, [`embedded`] runs the private cluster.
+
+pub mod chunk_writes;
+pub mod connections;
+pub mod copy_encoder;
+pub mod embedded;
+pub mod migrations;
+pub mod queries;
+pub mod staging;
+
+pub use connections::{connect, Pool};
+
+/// A database failure, split into what may succeed if retried and what never will.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error("no database connection became available in time")]
+    PoolTimeout,
+    #[error("the writer stopped before answering; nothing was committed")]
+    WriterUnavailable,
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Retryable: lost connections, deadlocks, serialization failures, too many connections,
+    /// a server shutting down or starting up, pool time-outs. Everything else is permanent.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::PoolTimeout | StoreError::WriterUnavailable => true,
+            StoreError::Corrupt(_) => false,
+            StoreError::Database(error) => match error.code() {
+                None => true, // no SQLSTATE: the connection itself failed (I/O, closed)
+                Some(state) => {
+                    let code = state.code();
+                    code.starts_with("08") // connection exception
+                        || code.starts_with("40") // transaction rollback: deadlock, serialization
+                        || code.starts_with("53") // insufficient resources: too many connections
+                        || code.starts_with("57P") // operator intervention: shutdown, crash, cannot connect now
+                        || code == "55P03" // lock not available
+                }
+            },
+        }
+    }
+}
+
+impl From<bb8::RunError<tokio_postgres::Error>> for StoreError {
+    fn from(error: bb8::RunError<tokio_postgres::Error>) -> StoreError {
+        match error {
+            bb8::RunError::User(error) => StoreError::Database(error),
+            bb8::RunError::TimedOut => StoreError::PoolTimeout,
+        }
+    }
+}

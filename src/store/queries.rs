@@ -1,0 +1,95 @@
+//! Read queries of the request path: scan status, scan lists, database health.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{Pool, StoreError};
+use crate::domain::{Priority, RecordError, ScanStatus, TenantId};
+
+/// The columns [`ScanRow::from_row`] reads.
+pub const SCAN_COLUMNS: &str =
+    "tenant_id, scan_id, status, priority, records_total, records_processed, \
+     records_failed, errors, created_at, started_at, completed_at";
+
+/// A scan as stored.
+#[derive(Debug, Clone)]
+pub struct ScanRow {
+    pub tenant_id: TenantId,
+    pub scan_id: Uuid,
+    pub status: ScanStatus,
+    pub priority: Priority,
+    pub records_total: i32,
+    pub records_processed: i32,
+    pub records_failed: i32,
+    pub errors: Vec<RecordError>,
+    pub created_at: DateTime<Utc>,
+    pub started_at_opt: Option<DateTime<Utc>>,
+    pub completed_at_opt: Option<DateTime<Utc>>,
+}
+
+impl ScanRow {
+    pub fn from_row(row: &tokio_postgres::Row) -> Result<ScanRow, StoreError> {
+        let status_text: &str = row.try_get("status")?;
+        let status = ScanStatus::parse(status_text)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown scan status {status_text:?}")))?;
+        let errors_json: serde_json::Value = row.try_get("errors")?;
+        let errors = serde_json::from_value(errors_json)
+            .map_err(|error| StoreError::Corrupt(format!("scan errors: {error}")))?;
+        Ok(ScanRow {
+            tenant_id: TenantId(row.try_get("tenant_id")?),
+            scan_id: row.try_get("scan_id")?,
+            status,
+            priority: Priority::from_rank(row.try_get("priority")?),
+            records_total: row.try_get("records_total")?,
+            records_processed: row.try_get("records_processed")?,
+            records_failed: row.try_get("records_failed")?,
+            errors,
+            created_at: row.try_get("created_at")?,
+            started_at_opt: row.try_get("started_at")?,
+            completed_at_opt: row.try_get("completed_at")?,
+        })
+    }
+}
+
+pub async fn scan(
+    pool: &Pool,
+    tenant_id: TenantId,
+    scan_id: Uuid,
+) -> Result<Option<ScanRow>, StoreError> {
+    let connection = pool.get().await?;
+    let row_opt = connection
+        .query_opt(
+            &format!("SELECT {SCAN_COLUMNS} FROM scans WHERE tenant_id = $1 AND scan_id = $2"),
+            &[&tenant_id.0, &scan_id],
+        )
+        .await?;
+    row_opt.map(|row| ScanRow::from_row(&row)).transpose()
+}
+
+/// A tenant's most recent scans, optionally of one status.
+pub async fn scans(
+    pool: &Pool,
+    tenant_id: TenantId,
+    status_opt: Option<ScanStatus>,
+    limit: i64,
+) -> Result<Vec<ScanRow>, StoreError> {
+    let connection = pool.get().await?;
+    let status_text_opt = status_opt.map(ScanStatus::as_str);
+    let rows = connection
+        .query(
+            &format!(
+                "SELECT {SCAN_COLUMNS} FROM scans WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2) \
+                 ORDER BY created_at DESC LIMIT $3"
+            ),
+            &[&tenant_id.0, &status_text_opt, &limit],
+        )
+        .await?;
+    rows.iter().map(ScanRow::from_row).collect()
+}
+
+/// One round trip on a pool connection.
+pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
+    let connection = pool.get().await?;
+    connection.simple_query("SELECT 1").await?;
+    Ok(())
+}

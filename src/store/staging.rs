@@ -1,0 +1,256 @@
+//! Durable staging: a scan is committed here, already encoded, before its 202 is sent.
+//!
+//! One transaction registers the tenant if it is new, inserts the scan (or finds the scan an
+//! idempotency key already names), and inserts its chunks. The chunks then wait in
+//! `staged_chunks` until a writer applies them (see `chunk_writes`).
+
+use uuid::Uuid;
+
+use super::queries::{self, ScanRow};
+use super::{Pool, StoreError};
+use crate::domain::{Priority, TenantId};
+
+/// How long an idempotency key names its first scan.
+const IDEMPOTENCY_WINDOW: &str = "24 hours";
+
+/// A chunk of encoded tuples ready to be staged or written.
+#[derive(Debug, Clone)]
+pub struct EncodedChunk {
+    pub record_count: i32,
+    pub payload: Vec<u8>,
+}
+
+/// A staged chunk as actors know it: a reference, never its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub tenant_id: TenantId,
+    pub chunk_id: i64,
+    pub scan_id: Uuid,
+    pub priority: Priority,
+    pub record_count: i32,
+}
+
+/// Limits a tenant gets when it is first seen.
+#[derive(Debug, Clone, Copy)]
+pub struct TenantDefaults {
+    pub records_per_second: i64,
+    pub burst: i64,
+    pub max_backlog_records: i64,
+}
+
+/// A scan submission after its records were parsed and encoded.
+#[derive(Debug)]
+pub struct NewScan {
+    pub tenant_id: TenantId,
+    pub scan_id: Uuid,
+    pub priority: Priority,
+    pub records_total: i32,
+    pub records_failed: i32,
+    /// The first per-record errors, as stored JSON.
+    pub errors: serde_json::Value,
+    pub idempotency_key_opt: Option<String>,
+    pub chunks: Vec<EncodedChunk>,
+}
+
+#[derive(Debug)]
+pub enum StagedScan {
+    /// The scan is committed with these chunks.
+    New {
+        scan: ScanRow,
+        chunks: Vec<ChunkRef>,
+    },
+    /// The idempotency key already names this scan; nothing new was stored.
+    Existing(ScanRow),
+}
+
+/// A tenant's write settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantLimits {
+    pub records_per_second: i64,
+    pub burst: i64,
+    pub max_backlog_records: i64,
+    pub paused: bool,
+}
+
+/// Commits `new_scan` and its chunks in one transaction.
+pub async fn stage_scan(
+    pool: &Pool,
+    new_scan: &NewScan,
+    defaults: TenantDefaults,
+) -> Result<StagedScan, StoreError> {
+    let mut connection = pool.get().await?;
+    let transaction = connection.transaction().await?;
+    ensure_tenant(&transaction, new_scan.tenant_id, defaults).await?;
+
+    let tenant_uuid = new_scan.tenant_id.0;
+    let inserted_opt = insert_scan(&transaction, new_scan).await?;
+    let scan = match inserted_opt {
+        Some(scan) => scan,
+        None => {
+            let key = new_scan
+                .idempotency_key_opt
+                .as_deref()
+                .expect("an insert is skipped only on an idempotency-key conflict");
+            let existing = transaction
+                .query_one(
+                    &format!(
+                        "SELECT {columns}, created_at > now() - interval '{IDEMPOTENCY_WINDOW}' AS fresh \
+                         FROM scans WHERE tenant_id = $1 AND idempotency_key = $2 FOR UPDATE",
+                        columns = queries::SCAN_COLUMNS
+                    ),
+                    &[&tenant_uuid, &key],
+                )
+                .await?;
+            if existing.get::<_, bool>("fresh") {
+                transaction.commit().await?;
+                return Ok(StagedScan::Existing(ScanRow::from_row(&existing)?));
+            }
+            // The key's first use is older than the window: it may name a new scan now.
+            transaction
+                .execute(
+                    "UPDATE scans SET idempotency_key = NULL WHERE tenant_id = $1 AND idempotency_key = $2",
+                    &[&tenant_uuid, &key],
+                )
+                .await?;
+            insert_scan(&transaction, new_scan).await?.ok_or_else(|| {
+                StoreError::Corrupt("idempotency key still taken after release".into())
+            })?
+        }
+    };
+
+    let record_counts: Vec<i32> = new_scan
+        .chunks
+        .iter()
+        .map(|chunk| chunk.record_count)
+        .collect();
+    let payloads: Vec<&[u8]> = new_scan
+        .chunks
+        .iter()
+        .map(|chunk| chunk.payload.as_slice())
+        .collect();
+    let rows = transaction
+        .query(
+            "INSERT INTO staged_chunks (tenant_id, scan_id, priority, record_count, payload) \
+             SELECT $1, $2, $3, staged.record_count, staged.payload \
+             FROM unnest($4::int4[], $5::bytea[]) AS staged (record_count, payload) \
+             RETURNING chunk_id, record_count",
+            &[
+                &tenant_uuid,
+                &new_scan.scan_id,
+                &new_scan.priority.rank(),
+                &record_counts,
+                &payloads,
+            ],
+        )
+        .await?;
+    transaction.commit().await?;
+
+    let mut chunks: Vec<ChunkRef> = rows
+        .iter()
+        .map(|row| ChunkRef {
+            tenant_id: new_scan.tenant_id,
+            chunk_id: row.get("chunk_id"),
+            scan_id: new_scan.scan_id,
+            priority: new_scan.priority,
+            record_count: row.get("record_count"),
+        })
+        .collect();
+    chunks.sort_by_key(|chunk| chunk.chunk_id);
+    Ok(StagedScan::New { scan, chunks })
+}
+
+async fn insert_scan(
+    transaction: &tokio_postgres::Transaction<'_>,
+    new_scan: &NewScan,
+) -> Result<Option<ScanRow>, StoreError> {
+    let row_opt = transaction
+        .query_opt(
+            &format!(
+                "INSERT INTO scans (tenant_id, scan_id, status, priority, records_total, records_failed, errors, idempotency_key) \
+                 VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7) \
+                 ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+                 RETURNING {}",
+                queries::SCAN_COLUMNS
+            ),
+            &[
+                &new_scan.tenant_id.0,
+                &new_scan.scan_id,
+                &new_scan.priority.rank(),
+                &new_scan.records_total,
+                &new_scan.records_failed,
+                &new_scan.errors,
+                &new_scan.idempotency_key_opt,
+            ],
+        )
+        .await?;
+    row_opt.map(|row| ScanRow::from_row(&row)).transpose()
+}
+
+/// Registers a tenant seen for the first time with the default limits.
+pub async fn ensure_tenant(
+    client: &impl tokio_postgres::GenericClient,
+    tenant_id: TenantId,
+    defaults: TenantDefaults,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "INSERT INTO tenants (tenant_id, records_per_second, burst, max_backlog_records) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id) DO NOTHING",
+            &[
+                &tenant_id.0,
+                &defaults.records_per_second,
+                &defaults.burst,
+                &defaults.max_backlog_records,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Registers the tenant if new and returns its limits.
+pub async fn tenant_limits(
+    pool: &Pool,
+    tenant_id: TenantId,
+    defaults: TenantDefaults,
+) -> Result<TenantLimits, StoreError> {
+    let connection = pool.get().await?;
+    ensure_tenant(&*connection, tenant_id, defaults).await?;
+    let row = connection
+        .query_one(
+            "SELECT records_per_second, burst, max_backlog_records, paused FROM tenants WHERE tenant_id = $1",
+            &[&tenant_id.0],
+        )
+        .await?;
+    Ok(TenantLimits {
+        records_per_second: row.get("records_per_second"),
+        burst: row.get("burst"),
+        max_backlog_records: row.get("max_backlog_records"),
+        paused: row.get("paused"),
+    })
+}
+
+/// Staged chunks, oldest first: every tenant's when `tenant_opt` is `None`.
+pub async fn staged_chunk_refs(
+    pool: &Pool,
+    tenant_opt: Option<TenantId>,
+) -> Result<Vec<ChunkRef>, StoreError> {
+    let connection = pool.get().await?;
+    let tenant_uuid_opt = tenant_opt.map(|tenant| tenant.0);
+    let rows = connection
+        .query(
+            "SELECT tenant_id, chunk_id, scan_id, priority, record_count FROM staged_chunks \
+             WHERE $1::uuid IS NULL OR tenant_id = $1 ORDER BY chunk_id",
+            &[&tenant_uuid_opt],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| ChunkRef {
+            tenant_id: TenantId(row.get("tenant_id")),
+            chunk_id: row.get("chunk_id"),
+            scan_id: row.get("scan_id"),
+            priority: Priority::from_rank(row.get("priority")),
+            record_count: row.get("record_count"),
+        })
+        .collect())
+}
