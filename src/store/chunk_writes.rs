@@ -140,7 +140,8 @@ async fn isolate(
         .map(|tuple| payload.slice_ref(tuple))
         .collect();
     let mut outcome = ChunkOutcome::default();
-    let mut pending: Vec<Range<usize>> = vec![0..tuples.len()];
+    let mut pending: Vec<Range<usize>> = Vec::new();
+    pending.push(0..tuples.len());
     while let Some(range) = pending.pop() {
         transaction.batch_execute("SAVEPOINT isolate").await?;
         match copy_tuples(transaction, &tuples[range.clone()]).await {

@@ -1,0 +1,37 @@
+use crate::helpers::{assert_error, spawn_app};
+
+#[tokio::test]
+async fn health_answers_ok() {
+    let app = spawn_app().await;
+    let response = app.get("/health").await;
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn database_health_reports_a_healthy_database() {
+    let app = spawn_app().await;
+    let response = app.get("/health/database").await;
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "healthy");
+    assert_eq!(body["status_vi"], "hoạt động tốt");
+    assert_eq!(body["writers"]["count"], 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_bilingual_errors() {
+    let app = spawn_app().await;
+    assert_error(app.get("/no-such-route").await, 404, "not_found").await;
+    let response = app
+        .http
+        .delete(format!("{}/health", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 405, "method_not_allowed").await;
+    app.stop().await;
+}

@@ -1,0 +1,380 @@
+//! Test harness: the real application on port 0 against a fresh database per test.
+//!
+//! With `TEST_DATABASE_URL` unset, one private PostgreSQL cluster is started per test run (the
+//! engine's own embedded mechanism) in a temporary directory; it stops when the test process
+//! exits. Each test gets its own database, cloned from a migrated template.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use ingest_engine::config::Settings;
+use ingest_engine::startup::Application;
+use ingest_engine::store::connections::{self, quote_identifier};
+use ingest_engine::store::embedded::{ClusterOptions, EmbeddedCluster};
+use ingest_engine::store::migrations;
+use serde_json::{json, Value};
+use tokio::sync::{oneshot, OnceCell};
+use tokio_postgres::Config;
+use uuid::Uuid;
+
+/// The migrated database each test's database is cloned from; one per test run, so runs
+/// sharing a `TEST_DATABASE_URL` server do not collide.
+fn template_database() -> String {
+    format!("engine_test_template_{}", std::process::id())
+}
+
+/// The server every test database lives on.
+pub struct TestServer {
+    /// Connection settings for the server's maintenance database.
+    maintenance: Config,
+    /// Kept for the life of the process; the server stops when the process exits.
+    _cluster_opt: Option<EmbeddedCluster>,
+}
+
+static SERVER: OnceCell<TestServer> = OnceCell::const_new();
+
+pub fn repository_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+pub async fn test_server() -> &'static TestServer {
+    SERVER
+        .get_or_init(|| async {
+            let (maintenance, cluster_opt) = match std::env::var("TEST_DATABASE_URL") {
+                Ok(url) if !url.trim().is_empty() => (
+                    Config::from_str(&url).expect("TEST_DATABASE_URL is a valid URL"),
+                    None,
+                ),
+                _ => {
+                    let cluster = tokio::task::spawn_blocking(start_private_cluster)
+                        .await
+                        .expect("the cluster start-up thread does not panic");
+                    let config = Config::from_str(&cluster.url_for("postgres"))
+                        .expect("the cluster URL is valid");
+                    (config, Some(cluster))
+                }
+            };
+            create_template(&maintenance).await;
+            TestServer {
+                maintenance,
+                _cluster_opt: cluster_opt,
+            }
+        })
+        .await
+}
+
+/// A directory for this test run's files; removed by a later run once this process is gone.
+pub fn run_directory() -> PathBuf {
+    let root = std::env::temp_dir().join("ingest-engine-tests");
+    static CLEANED: std::sync::Once = std::sync::Once::new();
+    CLEANED.call_once(|| remove_dead_runs(&root));
+    root.join(std::process::id().to_string())
+}
+
+/// A new, empty directory under [`run_directory`].
+pub fn scratch_directory() -> PathBuf {
+    let directory = run_directory().join(Uuid::new_v4().simple().to_string());
+    std::fs::create_dir_all(&directory).expect("the scratch directory is created");
+    directory
+}
+
+fn start_private_cluster() -> EmbeddedCluster {
+    let data_dir = run_directory().join("cluster");
+    let options = ClusterOptions {
+        data_dir,
+        port: 0,
+        os_user: "postgres".into(),
+        config_file_opt: Some(repository_path("config/postgresql-test.conf")),
+        startup_timeout: Duration::from_secs(60),
+        search_path_opt: None,
+    };
+    EmbeddedCluster::start(&options).expect("the private test cluster starts")
+}
+
+/// Data directories of earlier test runs whose process is gone.
+fn remove_dead_runs(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let pid_opt = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok());
+        if let Some(pid) = pid_opt {
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+async fn create_template(maintenance: &Config) {
+    let client = connections::connect(maintenance)
+        .await
+        .expect("the test server accepts connections");
+    let name = quote_identifier(&template_database());
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        client
+            .batch_execute(&statement)
+            .await
+            .expect("the template database is created");
+    }
+    let mut template = maintenance.clone();
+    template.dbname(template_database());
+    migrations::run(&template)
+        .await
+        .expect("migrations apply to the template");
+}
+
+impl TestServer {
+    /// A new, migrated, empty database.
+    pub async fn fresh_database(&self) -> Config {
+        let name = format!("engine_test_{}", Uuid::new_v4().simple());
+        let client = connections::connect(&self.maintenance)
+            .await
+            .expect("the test server accepts connections");
+        client
+            .batch_execute(&format!(
+                "CREATE DATABASE {} TEMPLATE {}",
+                quote_identifier(&name),
+                quote_identifier(&template_database())
+            ))
+            .await
+            .expect("a test database is created from the template");
+        let mut config = self.maintenance.clone();
+        config.dbname(&name);
+        config
+    }
+
+    pub fn maintenance(&self) -> &Config {
+        &self.maintenance
+    }
+}
+
+/// A URL for `config` (host, port, user and database only: all the test servers need).
+pub fn url_of(config: &Config) -> String {
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("postgres");
+    let password = config
+        .get_password()
+        .map(|password| format!(":{}", String::from_utf8_lossy(password)))
+        .unwrap_or_default();
+    format!(
+        "postgres://{user}{password}@{host}:{port}/{}",
+        config.get_dbname().unwrap_or("postgres")
+    )
+}
+
+/// Settings for a test application: the repository's defaults, port 0, quick sweeps.
+pub fn test_settings() -> Settings {
+    let mut settings = Settings::load_from(Some(&repository_path("config/default.toml")), &[])
+        .expect("the repository's settings load");
+    settings.http.host = "127.0.0.1".into();
+    settings.http.port = 0;
+    settings.writers.count = 2;
+    settings.tenants.sweep_interval_secs = 1;
+    settings.shutdown.grace_period_secs = 10;
+    settings
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub database: Config,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let database = test_server().await.fresh_database().await;
+    spawn_app_on(database, customize).await
+}
+
+/// An application on an existing database (a second instance, or a restart).
+pub async fn spawn_app_on(database: Config, customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = test_settings();
+    customize(&mut settings);
+    let application = Application::build(settings, &url_of(&database))
+        .await
+        .expect("the application starts");
+    let address = format!("http://{}", application.address());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(application.run_until(async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        database,
+        http: reqwest::Client::new(),
+        stop: Some(stop),
+        running: Some(running),
+    }
+}
+
+impl TestApp {
+    /// Stops the application the way SIGTERM does and waits for it.
+    pub async fn stop(mut self) {
+        self.stop_in_place().await;
+    }
+
+    async fn stop_in_place(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(running) = self.running.take() {
+            running
+                .await
+                .expect("the application task does not panic")
+                .expect("the application stops cleanly");
+        }
+    }
+
+    pub async fn db(&self) -> tokio_postgres::Client {
+        connections::connect(&self.database)
+            .await
+            .expect("the test database accepts connections")
+    }
+
+    pub async fn count(
+        &self,
+        sql: &str,
+        parameters: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> i64 {
+        self.db()
+            .await
+            .query_one(sql, parameters)
+            .await
+            .expect("the count query runs")
+            .get(0)
+    }
+
+    pub async fn activities_of(&self, tenant_id: Uuid) -> i64 {
+        self.count(
+            "SELECT count(*) FROM processing_activities WHERE tenant_id = $1",
+            &[&tenant_id],
+        )
+        .await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.address))
+            .json(body)
+            .send()
+            .await
+            .expect("the request is sent")
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.address))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("the request is sent")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("the request is sent")
+    }
+
+    pub async fn post_scan(&self, tenant_id: Uuid, activities: Vec<Value>) -> reqwest::Response {
+        self.post_json(
+            "/data-scans",
+            &json!({ "tenant_id": tenant_id, "activities": activities }),
+        )
+        .await
+    }
+
+    pub async fn get_scan(&self, tenant_id: Uuid, scan_id: &str) -> Value {
+        let response = self
+            .get(&format!("/data-scans/{scan_id}?tenant_id={tenant_id}"))
+            .await;
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("a scan is JSON")
+    }
+
+    /// Polls a scan until it is finished; panics after `timeout`.
+    pub async fn wait_for_scan(&self, tenant_id: Uuid, scan_id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let scan = self.get_scan(tenant_id, scan_id).await;
+            let status = scan["status"].as_str().unwrap_or_default().to_string();
+            if status.starts_with("completed") || status == "failed" {
+                return scan;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "scan {scan_id} still {status} after {timeout:?}: {scan}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // A test that ends without `stop` still stops its application.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A valid record with Vietnamese text.
+pub fn activity(index: usize) -> Value {
+    json!({
+        "activity_name": format!("Quản lý hồ sơ nhân sự {index}"),
+        "pdpl_category": "Category 2: Basic Personal Data",
+        "data_fields": ["họ và tên", "số CCCD", "địa chỉ email"],
+        "purpose": "Tính lương và bảo hiểm xã hội",
+        "legal_basis": "Hợp đồng lao động",
+        "retention_period": "10 năm",
+        "data_recipients": ["Cơ quan Bảo hiểm xã hội Việt Nam"]
+    })
+}
+
+pub fn activities(count: usize) -> Vec<Value> {
+    (0..count).map(activity).collect()
+}
+
+/// Asserts an error body: its code and both languages.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status(), status, "unexpected status for {code}");
+    let body: Value = response.json().await.expect("an error body is JSON");
+    assert_eq!(body["code"], code, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|text| !text.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["error_vi"]
+            .as_str()
+            .is_some_and(|text| !text.is_empty()),
+        "{body}"
+    );
+    body
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real engine, real HTTP, a real PostgreSQL.
+
+mod batch;
+mod embedded;
+mod health;
+mod helpers;
+mod process;
+mod recovery;
+mod scans;
