@@ -17,6 +17,7 @@ pub struct Settings {
     pub tenants: TenantSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
+    pub auth: AuthSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -51,6 +52,7 @@ pub struct IngestSettings {
     pub max_scan_records: usize,
     pub max_batch_records: usize,
     pub batch_max_wait_secs: u64,
+    pub max_total_backlog_records: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +70,12 @@ pub struct TenantSettings {
     pub max_in_flight_chunks: usize,
     pub idle_timeout_secs: u64,
     pub sweep_interval_secs: u64,
+    pub priority_aging_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub bootstrap_admin_token: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +153,7 @@ impl Settings {
             .set_default("ingest.max_scan_records", 100_000)?
             .set_default("ingest.max_batch_records", 10_000)?
             .set_default("ingest.batch_max_wait_secs", 30)?
+            .set_default("ingest.max_total_backlog_records", 50_000_000)?
             .set_default("writers.count", 4)?
             .set_default("writers.retry_base_ms", 100)?
             .set_default("writers.retry_cap_ms", 10_000)?
@@ -154,6 +163,8 @@ impl Settings {
             .set_default("tenants.max_in_flight_chunks", 2)?
             .set_default("tenants.idle_timeout_secs", 60)?
             .set_default("tenants.sweep_interval_secs", 5)?
+            .set_default("tenants.priority_aging_secs", 5)?
+            .set_default("auth.bootstrap_admin_token", "")?
             .set_default("shutdown.grace_period_secs", 30)?
             .set_default("log.format", "text")?
             .set_default("log.level", "info")

@@ -58,13 +58,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
     // With no database URL the engine runs its own cluster, stopped when `cluster_opt` drops.
     let mut cluster_opt = None;
     let database_url = match settings.database_url_opt() {
         Some(url) => url.to_string(),
         None => {
-            let embedded = &settings.database.embedded;
+            let embedded = settings.database.embedded.clone();
             let options = ClusterOptions {
                 data_dir: embedded.data_dir.clone(),
                 port: embedded.port,
@@ -73,6 +73,9 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 startup_timeout: Duration::from_secs(embedded.startup_timeout_secs),
                 search_path_opt: None,
             };
+            if settings.auth.bootstrap_admin_token.trim().is_empty() {
+                settings.auth.bootstrap_admin_token = embedded_admin_token(&embedded.data_dir)?;
+            }
             let cluster =
                 tokio::task::spawn_blocking(move || EmbeddedCluster::start(&options)).await??;
             let url = cluster.database_url();
@@ -101,4 +104,37 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || cluster.stop()).await?;
     }
     outcome
+}
+
+/// The bootstrap admin token of an engine on its embedded default: generated once, kept beside
+/// the cluster's data directory (mode 0600), and printed at each start so the operator can use
+/// the admin API.
+fn embedded_admin_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use std::os::unix::fs::OpenOptionsExt;
+    let directory = data_dir.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(directory)
+        .with_context(|| format!("creating {}", directory.display()))?;
+    let path = directory.join("admin-token");
+    let token = match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => token.trim().to_string(),
+        _ => {
+            let token = ingest_engine::domain::auth::generate_bootstrap_token();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            std::io::Write::write_all(&mut file, token.as_bytes())?;
+            token
+        }
+    };
+    tracing::info!(path = %path.display(), "bootstrap admin token kept in this file");
+    eprintln!(
+        "admin token / mã quản trị: {token}\n(kept in / lưu tại {})",
+        path.display()
+    );
+    Ok(token)
 }

@@ -47,6 +47,9 @@ impl Application {
             pool,
             engine,
             accepting: AtomicBool::new(true),
+            bootstrap_token_hash_opt: Some(settings.auth.bootstrap_admin_token.trim())
+                .filter(|token| !token.is_empty())
+                .map(crate::domain::auth::hash_secret),
         });
         let (stop_server, stopped) = oneshot::channel::<()>();
         let (address, server) = warp::serve(http::routes(state.clone()))

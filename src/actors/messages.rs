@@ -5,7 +5,7 @@ use tokio::sync::oneshot;
 
 use crate::domain::{Priority, TenantId};
 use crate::store::chunk_writes::{ChunkOutcome, ChunkSource};
-use crate::store::staging::ChunkRef;
+use crate::store::staging::{ChunkRef, TenantLimits};
 use crate::store::StoreError;
 
 /// Tenant actor → writer: apply one chunk. The reply comes once its transaction committed
@@ -59,3 +59,12 @@ pub struct BatchSubmitted {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Drain;
+
+/// Admin API → supervisor → tenant actor (and the sweep, for changes made by other instances):
+/// the tenant's stored limits are now these.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct LimitsChanged {
+    pub tenant_id: TenantId,
+    pub limits: TenantLimits,
+}

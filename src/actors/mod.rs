@@ -4,6 +4,7 @@
 //! the runtime that serves HTTP (and of the runtime a test runs on). HTTP handlers talk to them
 //! only through [`Engine`], whose addresses are `Send`.
 
+pub mod board;
 pub mod messages;
 pub mod supervisor;
 pub mod tenant;
@@ -16,17 +17,22 @@ use actix::prelude::*;
 use anyhow::Context as _;
 use tokio::sync::oneshot;
 
-use self::messages::{BatchSubmitted, ChunksStaged, Drain};
+use self::board::TenantBoard;
+use self::messages::{BatchSubmitted, ChunksStaged, Drain, LimitsChanged};
 use self::supervisor::{EngineState, GetEngineState, Supervisor};
 use self::tenant::TenantActorSettings;
 use self::writer::WriterPool;
 use crate::config::Settings;
 use crate::store::connections::build_pool;
 use crate::store::staging::TenantDefaults;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 /// A handle on the running actor system.
 pub struct Engine {
     supervisor: Addr<Supervisor>,
+    board: TenantBoard,
+    total_backlog: Arc<AtomicI64>,
     system: actix::System,
     /// Taken by the first `shutdown`.
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -38,6 +44,9 @@ impl Engine {
         let (ready_sender, ready_receiver) = std::sync::mpsc::channel();
         let settings = settings.clone();
         let database = database.clone();
+        let board = TenantBoard::default();
+        let total_backlog = Arc::new(AtomicI64::new(0));
+        let (actor_board, actor_total_backlog) = (board.clone(), total_backlog.clone());
         let thread = std::thread::Builder::new()
             .name("actors".into())
             .spawn(move || {
@@ -50,7 +59,11 @@ impl Engine {
                         Duration::from_secs(settings.database.pool_timeout_secs),
                     )
                     .await;
-                    let writers = WriterPool::start(settings.writers.count, &database);
+                    let writers = WriterPool::start(
+                        settings.writers.count,
+                        &database,
+                        Duration::from_secs(settings.tenants.priority_aging_secs),
+                    );
                     let supervisor = Supervisor::new(
                         control_pool,
                         writers,
@@ -65,6 +78,8 @@ impl Engine {
                         },
                         tenant_defaults(&settings),
                         Duration::from_secs(settings.tenants.sweep_interval_secs.max(1)),
+                        actor_board,
+                        actor_total_backlog,
                     )
                     .start();
                     let _ = ready_sender.send((supervisor, actix::System::current()));
@@ -79,6 +94,8 @@ impl Engine {
             .context("the actor system failed to start")?;
         Ok(Engine {
             supervisor,
+            board,
+            total_backlog,
             system,
             thread: std::sync::Mutex::new(Some(thread)),
         })
@@ -92,6 +109,21 @@ impl Engine {
     /// Hands batch chunks to the tenant's actor; each chunk's waiter is answered.
     pub fn batch_submitted(&self, message: BatchSubmitted) {
         self.supervisor.do_send(message);
+    }
+
+    /// Tells the tenant's actor (if it has one) its new limits.
+    pub fn limits_changed(&self, message: LimitsChanged) {
+        self.supervisor.do_send(message);
+    }
+
+    /// Live state of tenants with an actor.
+    pub fn board(&self) -> &TenantBoard {
+        &self.board
+    }
+
+    /// Records staged over all tenants, as of the last sweep.
+    pub fn total_backlog(&self) -> i64 {
+        self.total_backlog.load(Ordering::Relaxed)
     }
 
     pub async fn state(&self) -> Option<EngineState> {

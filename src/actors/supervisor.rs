@@ -17,12 +17,15 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::messages::{BatchSubmitted, ChunksStaged, Drain};
+use super::board::TenantBoard;
+use super::messages::{BatchSubmitted, ChunksStaged, Drain, LimitsChanged};
 use super::tenant::{StopTenant, TenantActor, TenantActorSettings};
 use super::writer::WriterPool;
 use crate::domain::TenantId;
 use crate::store::staging::{self, ChunkRef, TenantDefaults};
-use crate::store::Pool;
+use crate::store::{governance, Pool};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 /// Tenant actor → supervisor: nothing to do for a while; forget me if I am still registered.
 #[derive(Debug, Message)]
@@ -56,6 +59,9 @@ pub struct Supervisor {
     tenants: HashMap<TenantId, Addr<TenantActor>>,
     sweeping: bool,
     draining: bool,
+    board: TenantBoard,
+    /// Records staged over all tenants, as of the last sweep (read by HTTP for the global bound).
+    total_backlog: Arc<AtomicI64>,
 }
 
 impl Supervisor {
@@ -65,6 +71,8 @@ impl Supervisor {
         tenant_settings: TenantActorSettings,
         tenant_defaults: TenantDefaults,
         sweep_interval: Duration,
+        board: TenantBoard,
+        total_backlog: Arc<AtomicI64>,
     ) -> Supervisor {
         Supervisor {
             control_pool,
@@ -75,6 +83,8 @@ impl Supervisor {
             tenants: HashMap::new(),
             sweeping: false,
             draining: false,
+            board,
+            total_backlog,
         }
     }
 
@@ -96,6 +106,7 @@ impl Supervisor {
             self.writers.clone(),
             self.control_pool.clone(),
             context.address().recipient(),
+            self.board.clone(),
         )
         .start();
         self.tenants.insert(tenant_id, address.clone());
@@ -108,11 +119,26 @@ impl Supervisor {
         }
         self.sweeping = true;
         let pool = self.control_pool.clone();
-        let read = async move { staging::staged_chunk_refs(&pool, None).await };
+        let active_tenants: Vec<TenantId> = self.tenants.keys().copied().collect();
+        let read = async move {
+            let chunks = staging::staged_chunk_refs(&pool, None).await?;
+            // Limits changed through another engine instance reach this one's actors here.
+            let limits = governance::limits_of(&pool, &active_tenants).await?;
+            Ok::<_, crate::store::StoreError>((chunks, limits))
+        };
         context.spawn(read.into_actor(self).map(|result, supervisor, context| {
             supervisor.sweeping = false;
             let chunks = match result {
-                Ok(chunks) => chunks,
+                Ok((chunks, limits)) => {
+                    for (tenant_id, limits) in limits {
+                        if let Some(address) = supervisor.tenants.get(&tenant_id) {
+                            address.do_send(LimitsChanged { tenant_id, limits });
+                        }
+                    }
+                    let total: i64 = chunks.iter().map(|chunk| chunk.record_count as i64).sum();
+                    supervisor.total_backlog.store(total, Ordering::Relaxed);
+                    chunks
+                }
                 Err(error) => {
                     tracing::warn!(%error, "staging sweep failed; retrying at the next interval");
                     return;
@@ -163,6 +189,17 @@ impl Handler<BatchSubmitted> for Supervisor {
     fn handle(&mut self, message: BatchSubmitted, context: &mut Context<Self>) {
         self.tenant_actor(message.tenant_id, context)
             .do_send(message);
+    }
+}
+
+impl Handler<LimitsChanged> for Supervisor {
+    type Result = ();
+
+    /// Only a tenant with an actor needs telling: a new actor reads the stored limits.
+    fn handle(&mut self, message: LimitsChanged, _context: &mut Context<Self>) {
+        if let Some(address) = self.tenants.get(&message.tenant_id) {
+            address.do_send(message);
+        }
     }
 }
 

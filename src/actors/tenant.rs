@@ -23,8 +23,9 @@ use actix::prelude::*;
 use rand::Rng;
 use tokio::sync::oneshot;
 
+use super::board::{TenantBoard, TenantLiveState};
 use super::messages::{
-    BatchChunk, BatchChunkError, BatchSubmitted, ChunksStaged, Drain, WriteChunk,
+    BatchChunk, BatchChunkError, BatchSubmitted, ChunksStaged, Drain, LimitsChanged, WriteChunk,
 };
 use super::supervisor::TenantIdle;
 use super::token_bucket::TokenBucket;
@@ -61,6 +62,7 @@ pub struct TenantActor {
     control_pool: Pool,
     defaults: TenantDefaults,
     idle_recipient: Recipient<TenantIdle>,
+    board: TenantBoard,
     bucket: TokenBucket,
     paused: bool,
     /// One queue per priority, most urgent first.
@@ -122,6 +124,7 @@ impl TenantActor {
         writers: WriterPool,
         control_pool: Pool,
         idle_recipient: Recipient<TenantIdle>,
+        board: TenantBoard,
     ) -> TenantActor {
         TenantActor {
             tenant_id,
@@ -130,6 +133,7 @@ impl TenantActor {
             control_pool,
             defaults,
             idle_recipient,
+            board,
             bucket: TokenBucket::new(defaults.records_per_second, defaults.burst),
             paused: false,
             queues: Default::default(),
@@ -179,6 +183,11 @@ impl TenantActor {
 
     /// Forwards as many chunks as the in-flight cap and the token bucket allow.
     fn pump(&mut self, context: &mut Context<Self>) {
+        self.forward(context);
+        self.publish();
+    }
+
+    fn forward(&mut self, context: &mut Context<Self>) {
         if self.draining || self.paused {
             return;
         }
@@ -226,7 +235,8 @@ impl TenantActor {
             tenant_id: self.tenant_id,
             source: work.source(),
         };
-        let write = async move { writers.write(message).await };
+        let priority = work.priority();
+        let write = async move { writers.write(message, priority).await };
         context.spawn(write.into_actor(self).map(move |result, actor, context| {
             actor.in_flight -= 1;
             actor.finish(work, result, context);
@@ -244,9 +254,11 @@ impl TenantActor {
         match (work, result) {
             (Work::Staged { chunk, .. }, Ok(outcome)) => {
                 self.known_chunks.remove(&chunk.chunk_id);
+                self.record_write(outcome.written);
                 tracing::debug!(tenant_id = %self.tenant_id, chunk_id = chunk.chunk_id, written = outcome.written, "chunk written");
             }
             (Work::Batch { chunk, .. }, Ok(outcome)) => {
+                self.record_write(outcome.written);
                 let _ = chunk.done.send(Ok(outcome));
             }
             (Work::Batch { chunk, attempts }, Err(error))
@@ -312,8 +324,29 @@ impl TenantActor {
         });
     }
 
+    fn record_write(&mut self, records: u64) {
+        if records > 0 {
+            self.board
+                .entry(self.tenant_id)
+                .or_default()
+                .record_write(Instant::now(), records);
+        }
+    }
+
+    /// Publishes queue depth, chunks in flight and the pause switch on the board.
+    fn publish(&self) {
+        let mut entry = self
+            .board
+            .entry(self.tenant_id)
+            .or_insert_with(TenantLiveState::default);
+        entry.queued_chunks = self.queues.iter().map(VecDeque::len).sum();
+        entry.in_flight_chunks = self.in_flight;
+        entry.paused = self.paused;
+    }
+
     /// Answers drain waiters and finishes a pending stop once nothing is in flight.
     fn after_progress(&mut self, context: &mut Context<Self>) {
+        self.publish();
         if self.in_flight == 0 && self.waiting_retry == 0 {
             for waiter in self.drain_waiters.drain(..) {
                 let _ = waiter.send(());
@@ -342,6 +375,10 @@ pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
 impl Actor for TenantActor {
     type Context = Context<Self>;
 
+    fn stopped(&mut self, _context: &mut Context<Self>) {
+        self.leave_board();
+    }
+
     fn started(&mut self, context: &mut Context<Self>) {
         // `wait`: no message is handled before the tenant's own limits are known.
         let pool = self.control_pool.clone();
@@ -353,6 +390,7 @@ impl Actor for TenantActor {
                 tracing::warn!(tenant_id = %actor.tenant_id, %error, "tenant limits unreadable; using defaults");
             }
         }));
+        self.publish();
         let period = (self.settings.idle_timeout / 2).max(Duration::from_millis(100));
         context.run_interval(period, |actor, context| {
             if !actor.has_work() && actor.last_active.elapsed() >= actor.settings.idle_timeout {
@@ -362,6 +400,21 @@ impl Actor for TenantActor {
                 });
             }
         });
+    }
+}
+
+impl TenantActor {
+    fn leave_board(&self) {
+        self.board.remove(&self.tenant_id);
+    }
+}
+
+impl Handler<LimitsChanged> for TenantActor {
+    type Result = ();
+
+    fn handle(&mut self, message: LimitsChanged, context: &mut Context<Self>) {
+        self.apply_limits(message.limits);
+        self.pump(context);
     }
 }
 

@@ -10,20 +10,24 @@
 //! lazily on its next chunk, so a database outage costs no busy reconnect loop. Restarts are
 //! counted in [`WriterPool::restarts`].
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use tokio::sync::oneshot;
 use tokio_postgres::{Client, Config};
 
 use super::messages::WriteChunk;
+use crate::domain::Priority;
 use crate::store::chunk_writes::{self, ChunkOutcome};
 use crate::store::{connect, StoreError};
 
-/// Chunks waiting in one writer's mailbox. Tenant actors keep at most
-/// `tenants.max_in_flight_chunks` chunks each in flight, so the real depth is bounded by the
-/// number of active tenants times that cap; this capacity only bounds bursts beyond it.
-pub const WRITER_MAILBOX_CAPACITY: usize = 1024;
+/// A writer's mailbox holds at most one chunk: chunks wait at the pool's gate, which hands a
+/// writer one chunk at a time. The capacity only leaves room for supervision messages.
+pub const WRITER_MAILBOX_CAPACITY: usize = 4;
 
 pub struct Writer {
     index: usize,
@@ -105,16 +109,85 @@ impl Handler<WriteChunk> for Writer {
     }
 }
 
-/// The fixed pool of writers. Cloned into every tenant actor.
+/// The fixed pool of writers, and the gate that orders chunks waiting for one. Cloned into
+/// every tenant actor.
+///
+/// A chunk waits at the gate, not in a writer's mailbox: when a writer frees up it takes the
+/// waiting chunk with the earliest *due time*, `queued at + priority rank × aging step`. So a
+/// `critical` chunk overtakes `standard` ones queued up to two aging steps before it, and a
+/// `low` chunk that has waited three steps is served before a fresh `critical` one: priorities
+/// order work across tenants, and `low` is never starved. Within one priority the order is
+/// arrival order; since each tenant actor keeps at most `max_in_flight_chunks` chunks at the
+/// gate, tenants take turns.
 #[derive(Clone)]
 pub struct WriterPool {
     writers: Arc<Vec<(Addr<Writer>, Arc<WriterCounters>)>>,
+    gate: Arc<Mutex<Gate>>,
+    aging_step: Duration,
+}
+
+/// Guarded by a std mutex held only for a few instructions, never across an await.
+struct Gate {
+    idle_writers: Vec<usize>,
+    waiting: BinaryHeap<Reverse<Waiter>>,
+    sequence: u64,
+}
+
+struct Waiter {
+    due: Instant,
+    sequence: u64,
+    wake: oneshot::Sender<usize>,
+}
+
+impl PartialEq for Waiter {
+    fn eq(&self, other: &Waiter) -> bool {
+        (self.due, self.sequence) == (other.due, other.sequence)
+    }
+}
+impl Eq for Waiter {}
+impl PartialOrd for Waiter {
+    fn partial_cmp(&self, other: &Waiter) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Waiter {
+    fn cmp(&self, other: &Waiter) -> std::cmp::Ordering {
+        (self.due, self.sequence).cmp(&(other.due, other.sequence))
+    }
+}
+
+/// A writer reserved for one chunk; returned to the gate when dropped, even if the chunk's
+/// future is cancelled.
+struct Reservation<'p> {
+    pool: &'p WriterPool,
+    index: usize,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.pool.release(self.index);
+    }
+}
+
+/// A waiting chunk's ticket. If the waiting future is dropped after a writer was handed to it,
+/// the writer goes back to the gate instead of being lost.
+struct Ticket<'p> {
+    pool: &'p WriterPool,
+    receiver: oneshot::Receiver<usize>,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if let Ok(index) = self.receiver.try_recv() {
+            self.pool.release(index);
+        }
+    }
 }
 
 impl WriterPool {
     /// Starts `count` supervised writers on the current actor system.
-    pub fn start(count: usize, database: &Config) -> WriterPool {
-        let writers = (0..count.max(1))
+    pub fn start(count: usize, database: &Config, aging_step: Duration) -> WriterPool {
+        let writers: Vec<_> = (0..count.max(1))
             .map(|index| {
                 let counters = Arc::new(WriterCounters::default());
                 let database = database.clone();
@@ -124,20 +197,29 @@ impl WriterPool {
                 (address, counters)
             })
             .collect();
+        let gate = Gate {
+            idle_writers: (0..writers.len()).rev().collect(),
+            waiting: BinaryHeap::new(),
+            sequence: 0,
+        };
         WriterPool {
             writers: Arc::new(writers),
+            gate: Arc::new(Mutex::new(gate)),
+            aging_step,
         }
     }
 
-    /// Sends a chunk to the writer with the shortest queue; resolves with its outcome.
-    pub async fn write(&self, message: WriteChunk) -> Result<ChunkOutcome, StoreError> {
-        let (address, counters) = self
-            .writers
-            .iter()
-            .min_by_key(|(_, counters)| counters.queued.load(Ordering::Relaxed))
-            .expect("the pool always has at least one writer");
+    /// Waits for a writer (in priority order), has it write the chunk, and resolves with the
+    /// outcome once the chunk's transaction ended.
+    pub async fn write(
+        &self,
+        message: WriteChunk,
+        priority: Priority,
+    ) -> Result<ChunkOutcome, StoreError> {
+        let reservation = self.reserve(priority).await;
+        let (address, counters) = &self.writers[reservation.index];
         counters.queued.fetch_add(1, Ordering::Relaxed);
-        match address.send(message).await {
+        let outcome = match address.send(message).await {
             Ok(outcome) => outcome,
             Err(mailbox_error) => {
                 // The writer was stopping: nothing was written. Retryable by the caller.
@@ -145,19 +227,66 @@ impl WriterPool {
                 tracing::warn!(%mailbox_error, "writer mailbox unavailable");
                 Err(StoreError::WriterUnavailable)
             }
+        };
+        drop(reservation);
+        outcome
+    }
+
+    async fn reserve(&self, priority: Priority) -> Reservation<'_> {
+        let receiver = {
+            let mut gate = self.lock_gate();
+            if gate.waiting.is_empty() {
+                if let Some(index) = gate.idle_writers.pop() {
+                    return Reservation { pool: self, index };
+                }
+            }
+            let (wake, receiver) = oneshot::channel();
+            gate.sequence += 1;
+            let sequence = gate.sequence;
+            let due = Instant::now() + self.aging_step * priority.rank() as u32;
+            gate.waiting.push(Reverse(Waiter {
+                due,
+                sequence,
+                wake,
+            }));
+            receiver
+        };
+        let mut ticket = Ticket {
+            pool: self,
+            receiver,
+        };
+        let index = (&mut ticket.receiver)
+            .await
+            .expect("the gate outlives every ticket: both belong to this pool");
+        // The ticket's receiver is now empty: dropping it returns nothing to the gate.
+        drop(ticket);
+        Reservation { pool: self, index }
+    }
+
+    fn release(&self, index: usize) {
+        let mut gate = self.lock_gate();
+        while let Some(Reverse(waiter)) = gate.waiting.pop() {
+            if waiter.wake.send(index).is_ok() {
+                return;
+            }
         }
+        gate.idle_writers.push(index);
+    }
+
+    fn lock_gate(&self) -> std::sync::MutexGuard<'_, Gate> {
+        self.gate
+            .lock()
+            .expect("never poisoned: nothing panics while holding the gate")
     }
 
     pub fn size(&self) -> usize {
         self.writers.len()
     }
 
-    /// Chunks queued or being written, over all writers.
+    /// Chunks being written or waiting for a writer.
     pub fn queued(&self) -> usize {
-        self.writers
-            .iter()
-            .map(|(_, counters)| counters.queued.load(Ordering::Relaxed))
-            .sum()
+        let gate = self.lock_gate();
+        gate.waiting.len() + (self.writers.len() - gate.idle_writers.len())
     }
 
     /// Writer restarts since the engine started.

@@ -20,6 +20,8 @@ pub struct ApiError {
     pub error_vi: String,
     pub details_opt: Option<serde_json::Value>,
     pub retry_after_secs_opt: Option<u64>,
+    /// Adds `WWW-Authenticate: Bearer` (401s).
+    pub challenge: bool,
 }
 
 #[derive(Serialize)]
@@ -45,6 +47,7 @@ impl ApiError {
             error_vi: error_vi.into(),
             details_opt: None,
             retry_after_secs_opt: None,
+            challenge: false,
         }
     }
 
@@ -106,12 +109,23 @@ impl Reply for ApiError {
         };
         let mut response =
             warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        if self.challenge {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(seconds) = self.retry_after_secs_opt {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+impl From<crate::domain::auth::Denial> for ApiError {
+    fn from(denial: crate::domain::auth::Denial) -> ApiError {
+        super::auth::denied(denial)
     }
 }
 

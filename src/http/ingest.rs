@@ -4,8 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Buf;
-use futures_util::Stream;
+use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -13,7 +12,8 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
-use super::{read_json_body, ApiError, AppState, Query};
+use super::auth::authenticate;
+use super::{respond, ApiError, AppState, Query};
 use crate::actors::messages::{BatchChunk, BatchChunkError, BatchSubmitted, ChunksStaged};
 use crate::domain::{Priority, RecordError, ScanStatus, TenantId};
 use crate::store::chunk_writes::ChunkSource;
@@ -25,30 +25,24 @@ use crate::submission::{self, parse_tenant_id, PreparedScan};
 const SCAN_LIST_DEFAULT_LIMIT: i64 = 50;
 const SCAN_LIST_MAX_LIMIT: i64 = 500;
 
-fn respond(result: Result<Response, ApiError>) -> Response {
-    result.unwrap_or_else(Reply::into_response)
-}
-
 pub async fn submit_scan(
     state: Arc<AppState>,
-    content_type_opt: Option<String>,
-    content_length_opt: Option<String>,
-    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+    authorization_opt: Option<String>,
+    body: Result<Bytes, ApiError>,
 ) -> Response {
-    respond(submit_scan_inner(state, content_type_opt, content_length_opt, body).await)
+    respond(submit_scan_inner(state, authorization_opt, body).await)
 }
 
 async fn submit_scan_inner(
     state: Arc<AppState>,
-    content_type_opt: Option<String>,
-    content_length_opt: Option<String>,
-    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+    authorization_opt: Option<String>,
+    body: Result<Bytes, ApiError>,
 ) -> Result<Response, ApiError> {
+    let principal = authenticate(&state, authorization_opt.as_deref()).await?;
     if !state.is_accepting() {
         return Err(ApiError::shutting_down());
     }
-    let limit = state.settings.http.max_scan_body_bytes;
-    let body = read_json_body(content_type_opt, content_length_opt, body, limit).await?;
+    let body = body?;
     let (max_records, chunk_records) = (
         state.settings.ingest.max_scan_records,
         state.settings.ingest.chunk_records,
@@ -59,6 +53,24 @@ async fn submit_scan_inner(
     })
     .await
     .map_err(|_| internal("parsing the scan stopped unexpectedly"))??;
+    principal.require_tenant(prepared.tenant_id)?;
+    let valid_records: i64 = prepared
+        .records
+        .chunks
+        .iter()
+        .map(|chunk| chunk.record_count as i64)
+        .sum();
+    if state.engine.total_backlog() + valid_records
+        > state.settings.ingest.max_total_backlog_records
+    {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "engine_saturated",
+            "the engine's backlog is full; retry later",
+            "hàng đợi của hệ thống đã đầy; vui lòng thử lại sau",
+        )
+        .with_retry_after(10));
+    }
 
     let new_scan = NewScan {
         tenant_id: prepared.tenant_id,
@@ -81,6 +93,20 @@ async fn submit_scan_inner(
             scan
         }
         StagedScan::Existing(scan) => scan,
+        StagedScan::OverBacklog {
+            backlog_records,
+            max_backlog_records,
+            retry_after_secs,
+        } => {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "tenant_backlog_full",
+                format!("the tenant has {backlog_records} records waiting (limit {max_backlog_records}); retry later"),
+                format!("tổ chức đang có {backlog_records} bản ghi chờ ghi (giới hạn {max_backlog_records}); vui lòng thử lại sau"),
+            )
+            .with_details(json!({ "backlog_records": backlog_records, "max_backlog_records": max_backlog_records }))
+            .with_retry_after(retry_after_secs))
+        }
     };
     let body = json!({
         "scan_id": scan.scan_id,
@@ -105,16 +131,24 @@ fn scan_invalid_at_submission(scan: &ScanRow) -> i32 {
     }
 }
 
-pub async fn get_scan(scan_id_text: String, state: Arc<AppState>, query: Query) -> Response {
-    respond(get_scan_inner(state, scan_id_text, query).await)
+pub async fn get_scan(
+    scan_id_text: String,
+    state: Arc<AppState>,
+    authorization_opt: Option<String>,
+    query: Query,
+) -> Response {
+    respond(get_scan_inner(state, authorization_opt, scan_id_text, query).await)
 }
 
 async fn get_scan_inner(
     state: Arc<AppState>,
+    authorization_opt: Option<String>,
     scan_id_text: String,
     query: Query,
 ) -> Result<Response, ApiError> {
+    let principal = authenticate(&state, authorization_opt.as_deref()).await?;
     let tenant_id = tenant_from_query(&query)?;
+    principal.require_tenant(tenant_id)?;
     let scan_id = Uuid::parse_str(&scan_id_text).map_err(|_| {
         ApiError::bad_request(
             "invalid_scan_id",
@@ -128,12 +162,22 @@ async fn get_scan_inner(
     Ok(warp::reply::json(&scan_json(&scan)).into_response())
 }
 
-pub async fn list_scans(state: Arc<AppState>, query: Query) -> Response {
-    respond(list_scans_inner(state, query).await)
+pub async fn list_scans(
+    state: Arc<AppState>,
+    authorization_opt: Option<String>,
+    query: Query,
+) -> Response {
+    respond(list_scans_inner(state, authorization_opt, query).await)
 }
 
-async fn list_scans_inner(state: Arc<AppState>, query: Query) -> Result<Response, ApiError> {
+async fn list_scans_inner(
+    state: Arc<AppState>,
+    authorization_opt: Option<String>,
+    query: Query,
+) -> Result<Response, ApiError> {
+    let principal = authenticate(&state, authorization_opt.as_deref()).await?;
     let tenant_id = tenant_from_query(&query)?;
+    principal.require_tenant(tenant_id)?;
     let status_opt = match query.get("status").map(String::as_str) {
         None | Some("") => None,
         Some(text) => Some(ScanStatus::parse(text).ok_or_else(|| {
@@ -215,28 +259,27 @@ fn tenant_from_query(query: &Query) -> Result<TenantId, ApiError> {
 
 pub async fn submit_batch(
     state: Arc<AppState>,
+    authorization_opt: Option<String>,
     query: Query,
-    content_type_opt: Option<String>,
-    content_length_opt: Option<String>,
-    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+    body: Result<Bytes, ApiError>,
 ) -> Response {
-    respond(submit_batch_inner(state, query, content_type_opt, content_length_opt, body).await)
+    respond(submit_batch_inner(state, authorization_opt, query, body).await)
 }
 
 async fn submit_batch_inner(
     state: Arc<AppState>,
+    authorization_opt: Option<String>,
     query: Query,
-    content_type_opt: Option<String>,
-    content_length_opt: Option<String>,
-    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+    body: Result<Bytes, ApiError>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
+    let principal = authenticate(&state, authorization_opt.as_deref()).await?;
     if !state.is_accepting() {
         return Err(ApiError::shutting_down());
     }
     let tenant_id = tenant_from_query(&query)?;
-    let limit = state.settings.http.max_batch_body_bytes;
-    let body = read_json_body(content_type_opt, content_length_opt, body, limit).await?;
+    principal.require_tenant(tenant_id)?;
+    let body = body?;
     let (max_records, chunk_records) = (
         state.settings.ingest.max_batch_records,
         state.settings.ingest.chunk_records,

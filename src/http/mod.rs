@@ -6,6 +6,8 @@
 //! and [`recover`] turns warp's own rejections (unknown route, wrong method) into the same
 //! error body, so no request ever gets a bare 500.
 
+mod admin;
+mod auth;
 pub mod error;
 mod health;
 mod ingest;
@@ -33,6 +35,8 @@ pub struct AppState {
     pub engine: Engine,
     /// Cleared at shutdown: submissions get 503 from then on.
     pub accepting: AtomicBool,
+    /// SHA-256 of the configured bootstrap admin token, if any.
+    pub bootstrap_token_hash_opt: Option<[u8; 32]>,
 }
 
 impl AppState {
@@ -62,31 +66,123 @@ pub fn routes(
         .and(with_state.clone())
         .then(health::database);
 
+    let authorization = warp::header::optional::<String>("authorization");
+    let json_body = |limit: u64| {
+        warp::header::optional::<String>("content-type")
+            .and(warp::header::optional::<String>("content-length"))
+            .and(warp::body::stream())
+            .then(move |content_type_opt, content_length_opt, body| {
+                read_json_body(content_type_opt, content_length_opt, body, limit)
+            })
+    };
+    let small_body = json_body(ADMIN_BODY_LIMIT);
+
     let submit_scan = warp::path!("data-scans")
         .and(warp::post())
         .and(with_state.clone())
-        .and(warp::header::optional::<String>("content-type"))
-        .and(warp::header::optional::<String>("content-length"))
-        .and(warp::body::stream())
+        .and(authorization)
+        .and(json_body(state.settings.http.max_scan_body_bytes))
         .then(ingest::submit_scan);
     let get_scan = warp::path!("data-scans" / String)
         .and(warp::get())
         .and(with_state.clone())
+        .and(authorization)
         .and(query)
         .then(ingest::get_scan);
     let list_scans = warp::path!("data-scans")
         .and(warp::get())
         .and(with_state.clone())
+        .and(authorization)
         .and(query)
         .then(ingest::list_scans);
     let submit_batch = warp::path!("batch" / "processing-activities")
         .and(warp::post())
         .and(with_state.clone())
+        .and(authorization)
         .and(query)
-        .and(warp::header::optional::<String>("content-type"))
-        .and(warp::header::optional::<String>("content-length"))
-        .and(warp::body::stream())
+        .and(json_body(state.settings.http.max_batch_body_bytes))
         .then(ingest::submit_batch);
+
+    let create_tenant = warp::path!("admin" / "tenants")
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(authorization)
+        .and(small_body.clone())
+        .then(
+            |state, authorization_opt, body: Result<Bytes, ApiError>| async move {
+                match body {
+                    Ok(body) => admin::create_tenant(state, authorization_opt, body).await,
+                    Err(error) => error.into_response(),
+                }
+            },
+        );
+    let list_tenants = warp::path!("admin" / "tenants")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(authorization)
+        .then(admin::list_tenants);
+    let show_tenant = warp::path!("admin" / "tenants" / String)
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(authorization)
+        .then(admin::show_tenant);
+    let set_limits = warp::path!("admin" / "tenants" / String / "limits")
+        .and(warp::put())
+        .and(with_state.clone())
+        .and(authorization)
+        .and(small_body.clone())
+        .then(
+            |tenant, state, authorization_opt, body: Result<Bytes, ApiError>| async move {
+                match body {
+                    Ok(body) => admin::set_limits(tenant, state, authorization_opt, body).await,
+                    Err(error) => error.into_response(),
+                }
+            },
+        );
+    let pause = warp::path!("admin" / "tenants" / String / "pause")
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(authorization)
+        .then(admin::pause);
+    let resume = warp::path!("admin" / "tenants" / String / "resume")
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(authorization)
+        .then(admin::resume);
+    let mint_key = warp::path!("admin" / "keys")
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(authorization)
+        .and(small_body)
+        .then(
+            |state, authorization_opt, body: Result<Bytes, ApiError>| async move {
+                match body {
+                    Ok(body) => admin::mint_key(state, authorization_opt, body).await,
+                    Err(error) => error.into_response(),
+                }
+            },
+        );
+    let revoke_key = warp::path!("admin" / "keys" / String)
+        .and(warp::delete())
+        .and(with_state.clone())
+        .and(authorization)
+        .then(admin::revoke_key);
+
+    let admin_routes = create_tenant
+        .or(list_tenants)
+        .unify()
+        .or(show_tenant)
+        .unify()
+        .or(set_limits)
+        .unify()
+        .or(pause)
+        .unify()
+        .or(resume)
+        .unify()
+        .or(mint_key)
+        .unify()
+        .or(revoke_key)
+        .unify();
 
     health
         .or(health_database)
@@ -99,9 +195,30 @@ pub fn routes(
         .unify()
         .or(submit_batch)
         .unify()
+        .or(admin_routes)
+        .unify()
         .recover(recover)
         .unify()
         .with(warp::trace::request())
+}
+
+/// Largest body of an admin request, in bytes.
+const ADMIN_BODY_LIMIT: u64 = 64 * 1024;
+
+/// Answers with the handler's response or its error.
+pub fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(Reply::into_response)
+}
+
+/// Parses a small JSON body into `T`, with a bilingual 400 naming serde's complaint.
+pub fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|error| {
+        ApiError::bad_request(
+            "malformed_request",
+            format!("the request body is not valid JSON for this route: {error}"),
+            format!("nội dung yêu cầu không phải JSON hợp lệ cho đường dẫn này: {error}"),
+        )
+    })
 }
 
 /// A query string as a map; malformed percent-encoding leaves the raw text.

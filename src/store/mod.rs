@@ -9,6 +9,7 @@ pub mod chunk_writes;
 pub mod connections;
 pub mod copy_encoder;
 pub mod embedded;
+pub mod governance;
 pub mod migrations;
 pub mod queries;
 pub mod staging;

@@ -61,6 +61,12 @@ pub enum StagedScan {
     },
     /// The idempotency key already names this scan; nothing new was stored.
     Existing(ScanRow),
+    /// Staging it would take the tenant over its backlog limit; nothing was stored.
+    OverBacklog {
+        backlog_records: i64,
+        max_backlog_records: i64,
+        retry_after_secs: u64,
+    },
 }
 
 /// A tenant's write settings.
@@ -73,6 +79,10 @@ pub struct TenantLimits {
 }
 
 /// Commits `new_scan` and its chunks in one transaction.
+///
+/// Submissions of one tenant serialise on its `tenants` row (`FOR NO KEY UPDATE`, which does not
+/// block the foreign-key checks of writers), so the idempotency check and the backlog limit are
+/// exact even when a tenant submits many scans at once.
 pub async fn stage_scan(
     pool: &Pool,
     new_scan: &NewScan,
@@ -81,26 +91,26 @@ pub async fn stage_scan(
     let mut connection = pool.get().await?;
     let transaction = connection.transaction().await?;
     ensure_tenant(&transaction, new_scan.tenant_id, defaults).await?;
-
     let tenant_uuid = new_scan.tenant_id.0;
-    let inserted_opt = insert_scan(&transaction, new_scan).await?;
-    let scan = match inserted_opt {
-        Some(scan) => scan,
-        None => {
-            let key = new_scan
-                .idempotency_key_opt
-                .as_deref()
-                .expect("an insert is skipped only on an idempotency-key conflict");
-            let existing = transaction
-                .query_one(
-                    &format!(
-                        "SELECT {columns}, created_at > now() - interval '{IDEMPOTENCY_WINDOW}' AS fresh \
-                         FROM scans WHERE tenant_id = $1 AND idempotency_key = $2 FOR UPDATE",
-                        columns = queries::SCAN_COLUMNS
-                    ),
-                    &[&tenant_uuid, &key],
-                )
-                .await?;
+    let tenant = transaction
+        .query_one(
+            "SELECT records_per_second, max_backlog_records FROM tenants WHERE tenant_id = $1 FOR NO KEY UPDATE",
+            &[&tenant_uuid],
+        )
+        .await?;
+
+    if let Some(key) = &new_scan.idempotency_key_opt {
+        let existing_opt = transaction
+            .query_opt(
+                &format!(
+                    "SELECT {columns}, created_at > now() - interval '{IDEMPOTENCY_WINDOW}' AS fresh \
+                     FROM scans WHERE tenant_id = $1 AND idempotency_key = $2",
+                    columns = queries::SCAN_COLUMNS
+                ),
+                &[&tenant_uuid, key],
+            )
+            .await?;
+        if let Some(existing) = existing_opt {
             if existing.get::<_, bool>("fresh") {
                 transaction.commit().await?;
                 return Ok(StagedScan::Existing(ScanRow::from_row(&existing)?));
@@ -109,14 +119,56 @@ pub async fn stage_scan(
             transaction
                 .execute(
                     "UPDATE scans SET idempotency_key = NULL WHERE tenant_id = $1 AND idempotency_key = $2",
-                    &[&tenant_uuid, &key],
+                    &[&tenant_uuid, key],
                 )
                 .await?;
-            insert_scan(&transaction, new_scan).await?.ok_or_else(|| {
-                StoreError::Corrupt("idempotency key still taken after release".into())
-            })?
         }
-    };
+    }
+
+    let new_records: i64 = new_scan
+        .chunks
+        .iter()
+        .map(|chunk| chunk.record_count as i64)
+        .sum();
+    let backlog: i64 = transaction
+        .query_one(
+            "SELECT coalesce(sum(record_count), 0)::bigint FROM staged_chunks WHERE tenant_id = $1",
+            &[&tenant_uuid],
+        )
+        .await?
+        .get(0);
+    let max_backlog: i64 = tenant.get("max_backlog_records");
+    if backlog + new_records > max_backlog {
+        let records_per_second: i64 = tenant.get("records_per_second");
+        let excess = backlog + new_records - max_backlog;
+        return Ok(StagedScan::OverBacklog {
+            backlog_records: backlog,
+            max_backlog_records: max_backlog,
+            retry_after_secs: (excess as u64)
+                .div_ceil(records_per_second.max(1) as u64)
+                .max(1),
+        });
+    }
+
+    let scan_row = transaction
+        .query_one(
+            &format!(
+                "INSERT INTO scans (tenant_id, scan_id, status, priority, records_total, records_failed, errors, idempotency_key) \
+                 VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7) RETURNING {}",
+                queries::SCAN_COLUMNS
+            ),
+            &[
+                &tenant_uuid,
+                &new_scan.scan_id,
+                &new_scan.priority.rank(),
+                &new_scan.records_total,
+                &new_scan.records_failed,
+                &new_scan.errors,
+                &new_scan.idempotency_key_opt,
+            ],
+        )
+        .await?;
+    let scan = ScanRow::from_row(&scan_row)?;
 
     let record_counts: Vec<i32> = new_scan
         .chunks
@@ -132,7 +184,8 @@ pub async fn stage_scan(
         .query(
             "INSERT INTO staged_chunks (tenant_id, scan_id, priority, record_count, payload) \
              SELECT $1, $2, $3, staged.record_count, staged.payload \
-             FROM unnest($4::int4[], $5::bytea[]) AS staged (record_count, payload) \
+             FROM unnest($4::int4[], $5::bytea[]) WITH ORDINALITY AS staged (record_count, payload, position) \
+             ORDER BY staged.position \
              RETURNING chunk_id, record_count",
             &[
                 &tenant_uuid,
@@ -157,33 +210,6 @@ pub async fn stage_scan(
         .collect();
     chunks.sort_by_key(|chunk| chunk.chunk_id);
     Ok(StagedScan::New { scan, chunks })
-}
-
-async fn insert_scan(
-    transaction: &tokio_postgres::Transaction<'_>,
-    new_scan: &NewScan,
-) -> Result<Option<ScanRow>, StoreError> {
-    let row_opt = transaction
-        .query_opt(
-            &format!(
-                "INSERT INTO scans (tenant_id, scan_id, status, priority, records_total, records_failed, errors, idempotency_key) \
-                 VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7) \
-                 ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
-                 RETURNING {}",
-                queries::SCAN_COLUMNS
-            ),
-            &[
-                &new_scan.tenant_id.0,
-                &new_scan.scan_id,
-                &new_scan.priority.rank(),
-                &new_scan.records_total,
-                &new_scan.records_failed,
-                &new_scan.errors,
-                &new_scan.idempotency_key_opt,
-            ],
-        )
-        .await?;
-    row_opt.map(|row| ScanRow::from_row(&row)).transpose()
 }
 
 /// Registers a tenant seen for the first time with the default limits.
@@ -227,6 +253,18 @@ pub async fn tenant_limits(
         max_backlog_records: row.get("max_backlog_records"),
         paused: row.get("paused"),
     })
+}
+
+/// Records staged and not yet written, over all tenants.
+pub async fn total_backlog(pool: &Pool) -> Result<i64, StoreError> {
+    let connection = pool.get().await?;
+    let row = connection
+        .query_one(
+            "SELECT coalesce(sum(record_count), 0)::bigint FROM staged_chunks",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// Staged chunks, oldest first: every tenant's when `tenant_opt` is `None`.

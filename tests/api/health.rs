@@ -27,8 +27,7 @@ async fn unknown_routes_and_methods_get_bilingual_errors() {
     let app = spawn_app().await;
     assert_error(app.get("/no-such-route").await, 404, "not_found").await;
     let response = app
-        .http
-        .delete(format!("{}/health", app.address))
+        .request(reqwest::Method::DELETE, "/health")
         .send()
         .await
         .unwrap();

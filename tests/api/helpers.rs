@@ -183,11 +183,17 @@ pub fn test_settings() -> Settings {
     settings.writers.count = 2;
     settings.tenants.sweep_interval_secs = 1;
     settings.shutdown.grace_period_secs = 10;
+    settings.auth.bootstrap_admin_token = BOOTSTRAP_ADMIN_TOKEN.into();
     settings
 }
 
+/// The admin token every test application is configured with.
+pub const BOOTSTRAP_ADMIN_TOKEN: &str = "test-bootstrap-admin-token";
+
 pub struct TestApp {
     pub address: String,
+    /// Sent as `Authorization: Bearer` by the request helpers; the bootstrap admin token.
+    pub token: String,
     pub database: Config,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
@@ -217,6 +223,7 @@ pub async fn spawn_app_on(database: Config, customize: impl FnOnce(&mut Settings
     }));
     TestApp {
         address,
+        token: BOOTSTRAP_ADMIN_TOKEN.into(),
         database,
         http: reqwest::Client::new(),
         stop: Some(stop),
@@ -269,9 +276,29 @@ impl TestApp {
         .await
     }
 
-    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+    /// A request to `path` with the app's token.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
-            .post(format!("{}{path}", self.address))
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(&self.token)
+    }
+
+    /// A request to `path` with `token_opt` instead of the app's token.
+    pub fn request_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token_opt: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, format!("{}{path}", self.address));
+        match token_opt {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.request(reqwest::Method::POST, path)
             .json(body)
             .send()
             .await
@@ -284,8 +311,7 @@ impl TestApp {
         content_type: &str,
         body: impl Into<reqwest::Body>,
     ) -> reqwest::Response {
-        self.http
-            .post(format!("{}{path}", self.address))
+        self.request(reqwest::Method::POST, path)
             .header("content-type", content_type)
             .body(body)
             .send()
@@ -294,8 +320,7 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.http
-            .get(format!("{}{path}", self.address))
+        self.request(reqwest::Method::GET, path)
             .send()
             .await
             .expect("the request is sent")

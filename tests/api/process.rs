@@ -11,6 +11,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::helpers::BOOTSTRAP_ADMIN_TOKEN;
 use crate::helpers::{
     activities, repository_path, scratch_directory, spawn_app_on, test_server, url_of,
 };
@@ -118,6 +119,9 @@ async fn with_no_configuration_the_engine_runs_its_own_postgresql_and_reuses_it(
 
     let mut first = tokio::task::block_in_place(|| EngineProcess::start(&environment));
     assert!(first.logged("initialising embedded postgresql"));
+    // With no token configured, the engine generated one beside its data and printed it.
+    let token = std::fs::read_to_string(data_dir.parent().unwrap().join("admin-token")).unwrap();
+    assert!(token.starts_with("pdpl_admin_"), "{token}");
     assert_eq!(
         http.get(format!("{}/health", first.address))
             .send()
@@ -140,11 +144,12 @@ async fn with_no_configuration_the_engine_runs_its_own_postgresql_and_reuses_it(
             "{}/batch/processing-activities?tenant_id={tenant}",
             first.address
         ))
+        .bearer_auth(&token)
         .json(&serde_json::json!({ "activities": activities(10) }))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 201);
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
     assert!(postmaster_running(&data_dir));
     first.signal(Signal::SIGTERM);
     let status = tokio::task::block_in_place(|| first.wait(Duration::from_secs(60)));
@@ -159,15 +164,14 @@ async fn with_no_configuration_the_engine_runs_its_own_postgresql_and_reuses_it(
         !second.logged("initialising embedded postgresql"),
         "the data directory is reused"
     );
-    let scans: Value = http
-        .get(format!("{}/data-scans?tenant_id={tenant}", second.address))
+    // The tenant the first run registered is still there.
+    let response = http
+        .get(format!("{}/admin/tenants/{tenant}", second.address))
+        .bearer_auth(&token)
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
-    assert_eq!(scans["count"], 0);
+    assert_eq!(response.status(), 200);
     assert_eq!(
         http.get(format!("{}/health/database", second.address))
             .send()
@@ -187,12 +191,19 @@ async fn with_no_configuration_the_engine_runs_its_own_postgresql_and_reuses_it(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_cleanly_and_staged_work_resumes() {
     let database = test_server().await.fresh_database().await;
-    let environment = [("DATABASE_URL", url_of(&database))];
+    let environment = [
+        ("DATABASE_URL", url_of(&database)),
+        (
+            "INGEST__AUTH__BOOTSTRAP_ADMIN_TOKEN",
+            BOOTSTRAP_ADMIN_TOKEN.to_string(),
+        ),
+    ];
     let mut engine = tokio::task::block_in_place(|| EngineProcess::start(&environment));
     let http = reqwest::Client::new();
     let tenant = Uuid::new_v4();
     let response = http
         .post(format!("{}/data-scans", engine.address))
+        .bearer_auth(BOOTSTRAP_ADMIN_TOKEN)
         .json(&serde_json::json!({ "tenant_id": tenant, "activities": activities(20_000) }))
         .send()
         .await

@@ -1,0 +1,386 @@
+//! The admin API (admin scope): tenants, their limits and live state, pause and resume, keys.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Reply;
+
+use super::auth::authenticate;
+use super::{parse_json, respond, ApiError, AppState};
+use crate::actors::messages::LimitsChanged;
+use crate::domain::auth::{self, Principal, Scope};
+use crate::domain::TenantId;
+use crate::store::governance::{self, LimitsChange, NewTenant, TenantRow};
+
+/// Most tenants one `GET /admin/tenants` lists.
+const TENANT_LIST_LIMIT: i64 = 10_000;
+
+async fn admin(state: &AppState, authorization_opt: Option<String>) -> Result<Principal, ApiError> {
+    let principal = authenticate(state, authorization_opt.as_deref()).await?;
+    principal.require_admin()?;
+    Ok(principal)
+}
+
+fn tenant_json(state: &AppState, tenant: &TenantRow) -> serde_json::Value {
+    let live_opt = state
+        .engine
+        .board()
+        .get(&tenant.tenant_id)
+        .map(|entry| entry.clone());
+    let now = Instant::now();
+    json!({
+        "tenant_id": tenant.tenant_id,
+        "name": tenant.name,
+        "region": tenant.region_opt,
+        "limits": {
+            "records_per_second": tenant.limits.records_per_second,
+            "burst": tenant.limits.burst,
+            "max_backlog_records": tenant.limits.max_backlog_records,
+        },
+        "paused": tenant.limits.paused,
+        "status": if tenant.limits.paused { "paused" } else { "active" },
+        "status_vi": if tenant.limits.paused { "tạm dừng" } else { "đang hoạt động" },
+        "backlog_records": tenant.backlog_records,
+        "in_flight_chunks": live_opt.as_ref().map_or(0, |live| live.in_flight_chunks),
+        "queued_chunks": live_opt.as_ref().map_or(0, |live| live.queued_chunks),
+        "current_rate_records_per_second": live_opt.as_ref().map_or(0.0, |live| live.current_rate(now)),
+        "created_at": tenant.created_at,
+    })
+}
+
+fn parse_tenant_path(text: &str) -> Result<TenantId, ApiError> {
+    Uuid::parse_str(text).map(TenantId).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_tenant_id",
+            "the tenant id must be a UUID",
+            "mã tổ chức phải là một UUID",
+        )
+    })
+}
+
+fn tenant_not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "tenant_not_found",
+        "no tenant has this id",
+        "không có tổ chức nào với mã này",
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTenantBody {
+    tenant_id: Option<Uuid>,
+    name: String,
+    region: Option<String>,
+    records_per_second: Option<i64>,
+    burst: Option<i64>,
+    max_backlog_records: Option<i64>,
+}
+
+pub async fn create_tenant(
+    state: Arc<AppState>,
+    authorization_opt: Option<String>,
+    body: bytes::Bytes,
+) -> Response {
+    respond(
+        async {
+            let principal = admin(&state, authorization_opt).await?;
+            let request: CreateTenantBody = parse_json(&body)?;
+            if request.name.trim().is_empty()
+                || request.name.chars().count() > 200
+                || request.name.contains('\0')
+            {
+                return Err(ApiError::bad_request(
+                    "invalid_field",
+                    "name must be 1 to 200 characters",
+                    "name phải dài từ 1 đến 200 ký tự",
+                ));
+            }
+            if let Some(region) = &request.region {
+                if !["north", "central", "south"].contains(&region.as_str()) {
+                    return Err(ApiError::bad_request(
+                        "invalid_field",
+                        "region must be one of north, central, south",
+                        "region phải là một trong north, central, south",
+                    ));
+                }
+            }
+            validate_limits(
+                request.records_per_second,
+                request.burst,
+                request.max_backlog_records,
+            )?;
+            let new_tenant = NewTenant {
+                tenant_id: TenantId(request.tenant_id.unwrap_or_else(Uuid::now_v7)),
+                name: request.name,
+                region_opt: request.region,
+                records_per_second_opt: request.records_per_second,
+                burst_opt: request.burst,
+                max_backlog_records_opt: request.max_backlog_records,
+            };
+            let defaults = crate::actors::tenant_defaults(&state.settings);
+            let tenant = governance::create_tenant(&state.pool, &principal, &new_tenant, defaults)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        "tenant_exists",
+                        "a tenant with this id already exists",
+                        "đã có tổ chức với mã này",
+                    )
+                })?;
+            Ok(warp::reply::with_status(
+                warp::reply::json(&tenant_json(&state, &tenant)),
+                StatusCode::CREATED,
+            )
+            .into_response())
+        }
+        .await,
+    )
+}
+
+pub async fn list_tenants(state: Arc<AppState>, authorization_opt: Option<String>) -> Response {
+    respond(
+        async {
+            admin(&state, authorization_opt).await?;
+            let tenants = governance::tenants(&state.pool, TENANT_LIST_LIMIT).await?;
+            let body = json!({
+                "count": tenants.len(),
+                "tenants": tenants.iter().map(|tenant| tenant_json(&state, tenant)).collect::<Vec<_>>(),
+            });
+            Ok(warp::reply::json(&body).into_response())
+        }
+        .await,
+    )
+}
+
+pub async fn show_tenant(
+    tenant_text: String,
+    state: Arc<AppState>,
+    authorization_opt: Option<String>,
+) -> Response {
+    respond(
+        async {
+            admin(&state, authorization_opt).await?;
+            let tenant_id = parse_tenant_path(&tenant_text)?;
+            let tenant = governance::tenant(&state.pool, tenant_id)
+                .await?
+                .ok_or_else(tenant_not_found)?;
+            Ok(warp::reply::json(&tenant_json(&state, &tenant)).into_response())
+        }
+        .await,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsBody {
+    records_per_second: Option<i64>,
+    burst: Option<i64>,
+    max_backlog_records: Option<i64>,
+}
+
+fn validate_limits(
+    records_per_second_opt: Option<i64>,
+    burst_opt: Option<i64>,
+    max_backlog_opt: Option<i64>,
+) -> Result<(), ApiError> {
+    for (name, value_opt) in [
+        ("records_per_second", records_per_second_opt),
+        ("burst", burst_opt),
+        ("max_backlog_records", max_backlog_opt),
+    ] {
+        if let Some(value) = value_opt {
+            if !(1..=1_000_000_000).contains(&value) {
+                return Err(ApiError::bad_request(
+                    "invalid_field",
+                    format!("{name} must be an integer from 1 to 1000000000"),
+                    format!("{name} phải là số nguyên từ 1 đến 1000000000"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn set_limits(
+    tenant_text: String,
+    state: Arc<AppState>,
+    authorization_opt: Option<String>,
+    body: bytes::Bytes,
+) -> Response {
+    respond(
+        async {
+            let principal = admin(&state, authorization_opt).await?;
+            let tenant_id = parse_tenant_path(&tenant_text)?;
+            let request: LimitsBody = parse_json(&body)?;
+            if request.records_per_second.is_none()
+                && request.burst.is_none()
+                && request.max_backlog_records.is_none()
+            {
+                return Err(ApiError::bad_request(
+                    "invalid_field",
+                    "give at least one of records_per_second, burst, max_backlog_records",
+                    "cần ít nhất một trong records_per_second, burst, max_backlog_records",
+                ));
+            }
+            validate_limits(
+                request.records_per_second,
+                request.burst,
+                request.max_backlog_records,
+            )?;
+            let change = LimitsChange {
+                records_per_second_opt: request.records_per_second,
+                burst_opt: request.burst,
+                max_backlog_records_opt: request.max_backlog_records,
+                paused_opt: None,
+            };
+            change_and_notify(&state, &principal, tenant_id, "tenant.limits", change).await
+        }
+        .await,
+    )
+}
+
+pub async fn pause(
+    tenant_text: String,
+    state: Arc<AppState>,
+    authorization_opt: Option<String>,
+) -> Response {
+    set_paused(tenant_text, state, authorization_opt, true).await
+}
+
+pub async fn resume(
+    tenant_text: String,
+    state: Arc<AppState>,
+    authorization_opt: Option<String>,
+) -> Response {
+    set_paused(tenant_text, state, authorization_opt, false).await
+}
+
+async fn set_paused(
+    tenant_text: String,
+    state: Arc<AppState>,
+    authorization_opt: Option<String>,
+    paused: bool,
+) -> Response {
+    respond(
+        async {
+            let principal = admin(&state, authorization_opt).await?;
+            let tenant_id = parse_tenant_path(&tenant_text)?;
+            let change = LimitsChange {
+                paused_opt: Some(paused),
+                ..LimitsChange::default()
+            };
+            let action = if paused {
+                "tenant.pause"
+            } else {
+                "tenant.resume"
+            };
+            change_and_notify(&state, &principal, tenant_id, action, change).await
+        }
+        .await,
+    )
+}
+
+/// Persists a change, then tells the tenant's actor at once (other instances learn it from
+/// their next sweep).
+async fn change_and_notify(
+    state: &AppState,
+    principal: &Principal,
+    tenant_id: TenantId,
+    action: &str,
+    change: LimitsChange,
+) -> Result<Response, ApiError> {
+    let tenant = governance::change_limits(&state.pool, principal, tenant_id, action, change)
+        .await?
+        .ok_or_else(tenant_not_found)?;
+    state.engine.limits_changed(LimitsChanged {
+        tenant_id,
+        limits: tenant.limits,
+    });
+    Ok(warp::reply::json(&tenant_json(state, &tenant)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintKeyBody {
+    scope: String,
+    tenant_id: Option<Uuid>,
+    #[serde(default)]
+    name: String,
+}
+
+pub async fn mint_key(
+    state: Arc<AppState>,
+    authorization_opt: Option<String>,
+    body: bytes::Bytes,
+) -> Response {
+    respond(
+        async {
+            let principal = admin(&state, authorization_opt).await?;
+            let request: MintKeyBody = parse_json(&body)?;
+            let scope = match (request.scope.as_str(), request.tenant_id) {
+                ("admin", None) => Scope::Admin,
+                ("service", None) => Scope::Service,
+                ("tenant", Some(tenant)) => Scope::Tenant(TenantId(tenant)),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "invalid_scope",
+                        "scope must be admin, service, or tenant with a tenant_id (and only tenant takes a tenant_id)",
+                        "scope phải là admin, service, hoặc tenant kèm tenant_id (chỉ tenant mới có tenant_id)",
+                    ))
+                }
+            };
+            if request.name.chars().count() > 200 || request.name.contains('\0') {
+                return Err(ApiError::bad_request("invalid_field", "name must be at most 200 characters", "name tối đa 200 ký tự"));
+            }
+            let (key_id, token, secret_hash) = auth::mint_key();
+            if !governance::insert_key(&state.pool, &principal, key_id, &secret_hash, scope, &request.name).await? {
+                return Err(tenant_not_found());
+            }
+            let body = json!({
+                "key_id": key_id,
+                "token": token,
+                "scope": scope.name(),
+                "tenant_id": request.tenant_id,
+                "name": request.name,
+                "message": "store this token now: it is shown only once",
+                "message_vi": "hãy lưu mã này ngay: nó chỉ được hiển thị một lần",
+            });
+            Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::CREATED).into_response())
+        }
+        .await,
+    )
+}
+
+pub async fn revoke_key(
+    key_text: String,
+    state: Arc<AppState>,
+    authorization_opt: Option<String>,
+) -> Response {
+    respond(
+        async {
+            let principal = admin(&state, authorization_opt).await?;
+            let key_id = Uuid::parse_str(&key_text).map_err(|_| {
+                ApiError::bad_request("invalid_key_id", "the key id must be a UUID", "mã khóa phải là một UUID")
+            })?;
+            if !governance::revoke_key(&state.pool, &principal, key_id).await? {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "key_not_found",
+                    "no active key has this id",
+                    "không có khóa đang hoạt động nào với mã này",
+                ));
+            }
+            let body = json!({ "key_id": key_id, "revoked": true, "message": "key revoked", "message_vi": "đã thu hồi khóa" });
+            Ok(warp::reply::json(&body).into_response())
+        }
+        .await,
+    )
+}
