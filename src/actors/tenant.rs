@@ -23,7 +23,7 @@ use actix::prelude::*;
 use rand::Rng;
 use tokio::sync::oneshot;
 
-use super::board::{TenantBoard, TenantLiveState};
+use super::board::TenantBoard;
 use super::messages::{
     BatchChunk, BatchChunkError, BatchSubmitted, ChunksStaged, Drain, LimitsChanged, WriteChunk,
 };
@@ -335,10 +335,7 @@ impl TenantActor {
 
     /// Publishes queue depth, chunks in flight and the pause switch on the board.
     fn publish(&self) {
-        let mut entry = self
-            .board
-            .entry(self.tenant_id)
-            .or_insert_with(TenantLiveState::default);
+        let mut entry = self.board.entry(self.tenant_id).or_default();
         entry.queued_chunks = self.queues.iter().map(VecDeque::len).sum();
         entry.in_flight_chunks = self.in_flight;
         entry.paused = self.paused;

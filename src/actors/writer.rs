@@ -156,6 +156,11 @@ impl Ord for Waiter {
     }
 }
 
+/// When a chunk arriving `now` is served, relative to others: one aging step later per rank.
+fn due_time(now: Instant, priority: Priority, aging_step: Duration) -> Instant {
+    now + aging_step * priority.rank() as u32
+}
+
 /// A writer reserved for one chunk; returned to the gate when dropped, even if the chunk's
 /// future is cancelled.
 struct Reservation<'p> {
@@ -243,7 +248,7 @@ impl WriterPool {
             let (wake, receiver) = oneshot::channel();
             gate.sequence += 1;
             let sequence = gate.sequence;
-            let due = Instant::now() + self.aging_step * priority.rank() as u32;
+            let due = due_time(Instant::now(), priority, self.aging_step);
             gate.waiting.push(Reverse(Waiter {
                 due,
                 sequence,
@@ -295,5 +300,48 @@ impl WriterPool {
             .iter()
             .map(|(_, counters)| counters.restarts.load(Ordering::Relaxed))
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiter(due: Instant, sequence: u64) -> Reverse<Waiter> {
+        let (wake, _receiver) = oneshot::channel();
+        Reverse(Waiter {
+            due,
+            sequence,
+            wake,
+        })
+    }
+
+    fn order(waiting: Vec<Reverse<Waiter>>) -> Vec<u64> {
+        let mut heap: BinaryHeap<Reverse<Waiter>> = waiting.into_iter().collect();
+        std::iter::from_fn(|| heap.pop().map(|Reverse(waiter)| waiter.sequence)).collect()
+    }
+
+    #[test]
+    fn urgent_chunks_go_first_and_waiting_ones_age() {
+        let start = Instant::now();
+        let step = Duration::from_secs(5);
+        // Arriving together: by priority, then by arrival.
+        let together = vec![
+            waiter(due_time(start, Priority::Low, step), 1),
+            waiter(due_time(start, Priority::Standard, step), 2),
+            waiter(due_time(start, Priority::Critical, step), 3),
+            waiter(due_time(start, Priority::Standard, step), 4),
+            waiter(due_time(start, Priority::High, step), 5),
+        ];
+        assert_eq!(order(together), vec![3, 5, 2, 4, 1]);
+        // A low chunk that has waited three steps goes before a fresh critical one.
+        let aged = vec![
+            waiter(
+                due_time(start + Duration::from_secs(16), Priority::Critical, step),
+                2,
+            ),
+            waiter(due_time(start, Priority::Low, step), 1),
+        ];
+        assert_eq!(order(aged), vec![1, 2]);
     }
 }

@@ -107,7 +107,7 @@ pub fn routes(
         .and(warp::post())
         .and(with_state.clone())
         .and(authorization)
-        .and(small_body.clone())
+        .and(small_body)
         .then(
             |state, authorization_opt, body: Result<Bytes, ApiError>| async move {
                 match body {
@@ -130,7 +130,7 @@ pub fn routes(
         .and(warp::put())
         .and(with_state.clone())
         .and(authorization)
-        .and(small_body.clone())
+        .and(small_body)
         .then(
             |tenant, state, authorization_opt, body: Result<Bytes, ApiError>| async move {
                 match body {

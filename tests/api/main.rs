@@ -2,6 +2,7 @@
 
 mod batch;
 mod embedded;
+mod governance;
 mod health;
 mod helpers;
 mod process;
