@@ -60,6 +60,7 @@ pub struct WriterSettings {
     pub count: usize,
     pub retry_base_ms: u64,
     pub retry_cap_ms: u64,
+    pub retry_attempts: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +158,7 @@ impl Settings {
             .set_default("writers.count", 4)?
             .set_default("writers.retry_base_ms", 100)?
             .set_default("writers.retry_cap_ms", 10_000)?
+            .set_default("writers.retry_attempts", 5)?
             .set_default("tenants.default_records_per_second", 100_000)?
             .set_default("tenants.default_burst", 100_000)?
             .set_default("tenants.default_max_backlog_records", 5_000_000)?

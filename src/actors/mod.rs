@@ -72,6 +72,7 @@ impl Engine {
                             idle_timeout: Duration::from_secs(settings.tenants.idle_timeout_secs),
                             retry_base: Duration::from_millis(settings.writers.retry_base_ms),
                             retry_cap: Duration::from_millis(settings.writers.retry_cap_ms),
+                            batch_attempts: settings.writers.retry_attempts.max(1),
                             batch_max_wait: Duration::from_secs(
                                 settings.ingest.batch_max_wait_secs,
                             ),

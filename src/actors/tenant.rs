@@ -12,7 +12,7 @@
 //!
 //! Failure model: a retryable write error sends the chunk back to the front of its queue after
 //! an exponential backoff with jitter; staged chunks are retried until written (they are
-//! durable), batch chunks at most [`BATCH_ATTEMPTS`] times before their request is answered
+//! durable), batch chunks at most `writers.retry_attempts` times before their request is answered
 //! with an error. A permanent error has already been reduced to dead letters by the writer;
 //! anything left is logged and the chunk stays staged for the next sweep.
 
@@ -41,9 +41,6 @@ use crate::store::{Pool, StoreError};
 #[rtype(result = "()")]
 pub struct StopTenant;
 
-/// Tries a batch chunk gets before its request is answered with an error.
-pub const BATCH_ATTEMPTS: u32 = 5;
-
 /// How the tenant actor is configured.
 #[derive(Debug, Clone)]
 pub struct TenantActorSettings {
@@ -51,6 +48,8 @@ pub struct TenantActorSettings {
     pub idle_timeout: Duration,
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// Tries a batch chunk gets before its request is answered with an error.
+    pub batch_attempts: u32,
     /// Longest a synchronous batch may wait for the tenant's throttle before it is refused.
     pub batch_max_wait: Duration,
 }
@@ -262,7 +261,9 @@ impl TenantActor {
                 let _ = chunk.done.send(Ok(outcome));
             }
             (Work::Batch { chunk, attempts }, Err(error))
-                if error.is_retryable() && attempts + 1 < BATCH_ATTEMPTS && !self.draining =>
+                if error.is_retryable()
+                    && attempts + 1 < self.settings.batch_attempts
+                    && !self.draining =>
             {
                 self.retry_later(
                     Work::Batch {

@@ -17,6 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
 use tokio::sync::oneshot;
 use tokio_postgres::{Client, Config};
 
@@ -93,13 +96,28 @@ impl Handler<WriteChunk> for Writer {
                 chunk_writes::apply_chunk(&mut client, message.tenant_id, &message.source).await;
             (outcome, Some(client))
         };
+        // A panic while writing must not take the actor system down: it becomes a retryable
+        // failure, the connection (in an unknown state) is dropped, and the writer restarts.
+        let work = AssertUnwindSafe(work).catch_unwind().map(|result| {
+            result.unwrap_or_else(|_| {
+                tracing::error!("writer panicked while writing a chunk; restarting it");
+                (Err(StoreError::WriterUnavailable), None)
+            })
+        });
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
             |(outcome, client_opt), writer, context| {
                 writer.counters.queued.fetch_sub(1, Ordering::Relaxed);
+                let connection_failed = outcome
+                    .as_ref()
+                    .err()
+                    .is_some_and(StoreError::is_connection_failure);
                 match client_opt {
-                    Some(client) if !client.is_closed() => writer.client_opt = Some(client),
+                    Some(client) if !client.is_closed() && !connection_failed => {
+                        writer.client_opt = Some(client)
+                    }
                     _ => {
-                        // Broken or never opened: let the supervisor restart this writer.
+                        // Broken, shutting down or never opened: the supervisor restarts this
+                        // writer, which connects afresh for its next chunk.
                         context.stop();
                     }
                 }

@@ -15,6 +15,7 @@ use super::{parse_json, respond, ApiError, AppState};
 use crate::actors::messages::LimitsChanged;
 use crate::domain::auth::{self, Principal, Scope};
 use crate::domain::TenantId;
+use crate::store::dead_letters::{self, ReplayOutcome};
 use crate::store::governance::{self, LimitsChange, NewTenant, TenantRow};
 
 /// Most tenants one `GET /admin/tenants` lists.
@@ -380,6 +381,95 @@ pub async fn revoke_key(
             }
             let body = json!({ "key_id": key_id, "revoked": true, "message": "key revoked", "message_vi": "đã thu hồi khóa" });
             Ok(warp::reply::json(&body).into_response())
+        }
+        .await,
+    )
+}
+
+/// Most dead letters one `GET /admin/dead-letters` lists.
+const DEAD_LETTER_LIST_LIMIT: i64 = 1_000;
+
+pub async fn list_dead_letters(
+    state: Arc<AppState>,
+    authorization_opt: Option<String>,
+    query: super::Query,
+) -> Response {
+    respond(
+        async {
+            admin(&state, authorization_opt).await?;
+            let tenant_opt = match query.get("tenant_id").filter(|text| !text.is_empty()) {
+                Some(text) => Some(crate::submission::parse_tenant_id(text)?),
+                None => None,
+            };
+            let rows = dead_letters::dead_letters(&state.pool, tenant_opt, DEAD_LETTER_LIST_LIMIT).await?;
+            let items: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|row| {
+                    json!({
+                        "dead_letter_id": row.dead_letter_id,
+                        "tenant_id": row.tenant_id,
+                        "scan_id": row.scan_id_opt,
+                        "record_index": row.record_index,
+                        "error": row.error,
+                        "attempts": row.attempts,
+                        "created_at": row.created_at,
+                        "replayed_at": row.replayed_at_opt,
+                        "status": if row.replayed_at_opt.is_some() { "replayed" } else { "pending" },
+                        "status_vi": if row.replayed_at_opt.is_some() { "đã ghi lại" } else { "đang chờ xử lý" },
+                    })
+                })
+                .collect();
+            Ok(warp::reply::json(&json!({ "count": items.len(), "dead_letters": items })).into_response())
+        }
+        .await,
+    )
+}
+
+pub async fn replay_dead_letter(
+    id_text: String,
+    state: Arc<AppState>,
+    authorization_opt: Option<String>,
+) -> Response {
+    respond(
+        async {
+            let principal = admin(&state, authorization_opt).await?;
+            let dead_letter_id: i64 =
+                id_text.parse().ok().filter(|id| *id > 0).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_dead_letter_id",
+                        "the dead letter id must be a positive integer",
+                        "mã bản ghi lỗi phải là số nguyên dương",
+                    )
+                })?;
+            match dead_letters::replay(&state.pool, &principal, dead_letter_id).await? {
+                ReplayOutcome::Written { tenant_id } => Ok(warp::reply::json(&json!({
+                    "dead_letter_id": dead_letter_id,
+                    "tenant_id": tenant_id,
+                    "replayed": true,
+                    "message": "the record was written",
+                    "message_vi": "bản ghi đã được ghi thành công",
+                }))
+                .into_response()),
+                ReplayOutcome::StillFailing { tenant_id, error } => Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "replay_failed",
+                    format!("the record was refused again: {error}"),
+                    format!("bản ghi vẫn bị từ chối: {error}"),
+                )
+                .with_details(json!({ "dead_letter_id": dead_letter_id, "tenant_id": tenant_id }))),
+                ReplayOutcome::AlreadyReplayed => Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "already_replayed",
+                    "this dead letter was already replayed",
+                    "bản ghi lỗi này đã được ghi lại trước đó",
+                )),
+                ReplayOutcome::NotFound => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "dead_letter_not_found",
+                    "no dead letter has this id",
+                    "không có bản ghi lỗi nào với mã này",
+                )),
+            }
         }
         .await,
     )

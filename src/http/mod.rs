@@ -168,6 +168,18 @@ pub fn routes(
         .and(authorization)
         .then(admin::revoke_key);
 
+    let list_dead_letters = warp::path!("admin" / "dead-letters")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(authorization)
+        .and(query)
+        .then(admin::list_dead_letters);
+    let replay_dead_letter = warp::path!("admin" / "dead-letters" / String / "replay")
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(authorization)
+        .then(admin::replay_dead_letter);
+
     let admin_routes = create_tenant
         .or(list_tenants)
         .unify()
@@ -182,6 +194,10 @@ pub fn routes(
         .or(mint_key)
         .unify()
         .or(revoke_key)
+        .unify()
+        .or(list_dead_letters)
+        .unify()
+        .or(replay_dead_letter)
         .unify();
 
     health

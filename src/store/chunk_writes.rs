@@ -114,7 +114,10 @@ async fn apply_once(
 }
 
 /// Streams pre-encoded tuples into `processing_activities`.
-async fn copy_tuples(transaction: &Transaction<'_>, parts: &[Bytes]) -> Result<u64, StoreError> {
+pub(super) async fn copy_tuples(
+    transaction: &Transaction<'_>,
+    parts: &[Bytes],
+) -> Result<u64, StoreError> {
     let statement =
         format!("COPY processing_activities ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)");
     let sink = transaction.copy_in::<_, Bytes>(&statement).await?;
@@ -180,13 +183,7 @@ async fn dead_letter(
     error: &StoreError,
 ) -> Result<(), StoreError> {
     let record_index = copy_encoder::tuple_record_index(tuple).unwrap_or(-1);
-    let message = match error {
-        StoreError::Database(database_error) => database_error
-            .as_db_error()
-            .map(|db_error| db_error.message().to_string())
-            .unwrap_or_else(|| database_error.to_string()),
-        other => other.to_string(),
-    };
+    let message = error.database_message();
     tracing::warn!(%tenant_id, record_index, error = %message, "record dead-lettered");
     transaction
         .execute(

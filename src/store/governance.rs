@@ -336,7 +336,7 @@ pub async fn revoke_key(pool: &Pool, actor: &Principal, key_id: Uuid) -> Result<
     Ok(true)
 }
 
-async fn audit(
+pub(super) async fn audit(
     transaction: &tokio_postgres::Transaction<'_>,
     actor: &Principal,
     action: &str,

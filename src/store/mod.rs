@@ -8,6 +8,7 @@
 pub mod chunk_writes;
 pub mod connections;
 pub mod copy_encoder;
+pub mod dead_letters;
 pub mod embedded;
 pub mod governance;
 pub mod migrations;
@@ -30,6 +31,28 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// PostgreSQL's own message when there is one (what a dead letter records).
+    pub fn database_message(&self) -> String {
+        match self {
+            StoreError::Database(error) => error
+                .as_db_error()
+                .map(|db_error| db_error.message().to_string())
+                .unwrap_or_else(|| error.to_string()),
+            other => other.to_string(),
+        }
+    }
+
+    /// The connection itself is gone or being shut down: it must not be used again.
+    pub fn is_connection_failure(&self) -> bool {
+        match self {
+            StoreError::Database(error) => match error.code() {
+                None => true,
+                Some(state) => state.code().starts_with("08") || state.code().starts_with("57P"),
+            },
+            _ => false,
+        }
+    }
+
     /// Retryable: lost connections, deadlocks, serialization failures, too many connections,
     /// a server shutting down or starting up, pool time-outs. Everything else is permanent.
     pub fn is_retryable(&self) -> bool {

@@ -2,6 +2,7 @@
 
 mod batch;
 mod embedded;
+mod failures;
 mod governance;
 mod health;
 mod helpers;

@@ -246,3 +246,189 @@ async fn sigterm_stops_cleanly_and_staged_work_resumes() {
     assert_eq!(app.activities_of(tenant).await, 20_000);
     app.stop().await;
 }
+
+/// The engine is killed with SIGKILL before, during and after chunk writes; after a restart,
+/// every acknowledged record is in the table exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_survive_sigkill_at_any_point_exactly_once() {
+    let database = test_server().await.fresh_database().await;
+    let environment = [
+        ("DATABASE_URL", url_of(&database)),
+        (
+            "INGEST__AUTH__BOOTSTRAP_ADMIN_TOKEN",
+            BOOTSTRAP_ADMIN_TOKEN.to_string(),
+        ),
+        ("INGEST__TENANTS__SWEEP_INTERVAL_SECS", "1".to_string()),
+    ];
+    let http = reqwest::Client::new();
+    let submit = |address: String, tenant: Uuid, records: usize| {
+        let http = http.clone();
+        async move {
+            let response = http
+                .post(format!("{address}/data-scans"))
+                .bearer_auth(BOOTSTRAP_ADMIN_TOKEN)
+                .json(
+                    &serde_json::json!({ "tenant_id": tenant, "activities": activities(records) }),
+                )
+                .send()
+                .await
+                .ok()?;
+            (response.status() == 202).then_some(())?;
+            let body: Value = response.json().await.ok()?;
+            Some((
+                tenant,
+                body["scan_id"].as_str()?.to_string(),
+                records as i64,
+            ))
+        }
+    };
+    let client = ingest_engine::store::connect(&database).await.unwrap();
+    let processed = || async {
+        client
+            .query_one("SELECT coalesce(sum(records_processed), 0)::bigint, coalesce(sum(records_total), 0)::bigint FROM scans", &[])
+            .await
+            .map(|row| (row.get::<_, i64>(0), row.get::<_, i64>(1)))
+            .unwrap()
+    };
+    let mut acknowledged = Vec::new();
+
+    // Before writes: the tenant is paused, so its chunks are staged and not yet written.
+    let mut engine = tokio::task::block_in_place(|| EngineProcess::start(&environment));
+    let paused_tenant = Uuid::new_v4();
+    let response = http
+        .post(format!("{}/admin/tenants", engine.address))
+        .bearer_auth(BOOTSTRAP_ADMIN_TOKEN)
+        .json(&serde_json::json!({ "tenant_id": paused_tenant, "name": "Tạm dừng" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    http.post(format!(
+        "{}/admin/tenants/{paused_tenant}/pause",
+        engine.address
+    ))
+    .bearer_auth(BOOTSTRAP_ADMIN_TOKEN)
+    .send()
+    .await
+    .unwrap();
+    acknowledged.push(
+        submit(engine.address.clone(), paused_tenant, 12_000)
+            .await
+            .expect("the scan is acknowledged"),
+    );
+    engine.signal(Signal::SIGKILL);
+    tokio::task::block_in_place(|| engine.wait(Duration::from_secs(30)));
+
+    // During writes, twice: at the first progress, and about half way.
+    for fraction in [0.0, 0.5] {
+        let mut engine = tokio::task::block_in_place(|| EngineProcess::start(&environment));
+        let submissions = (0..4).map(|_| submit(engine.address.clone(), Uuid::new_v4(), 15_000));
+        acknowledged.extend(
+            futures_util::future::join_all(submissions)
+                .await
+                .into_iter()
+                .flatten(),
+        );
+        let (already, _) = processed().await;
+        loop {
+            let (done, total) = processed().await;
+            if done > already && (done - already) as f64 >= fraction * (total - already) as f64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        engine.signal(Signal::SIGKILL);
+        tokio::task::block_in_place(|| engine.wait(Duration::from_secs(30)));
+    }
+
+    // After writes: everything this run accepted is written, then the engine dies.
+    let mut engine = tokio::task::block_in_place(|| EngineProcess::start(&environment));
+    let scan = submit(engine.address.clone(), Uuid::new_v4(), 5_000)
+        .await
+        .expect("the scan is acknowledged");
+    loop {
+        let (done, total) = processed().await;
+        let staged: i64 = client
+            .query_one(
+                "SELECT count(*) FROM staged_chunks WHERE tenant_id <> $1",
+                &[&paused_tenant],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if staged == 0 && done > 0 && done + 12_000 >= total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    acknowledged.push(scan);
+    engine.signal(Signal::SIGKILL);
+    tokio::task::block_in_place(|| engine.wait(Duration::from_secs(30)));
+
+    // A last start finishes everything.
+    let mut engine = tokio::task::block_in_place(|| EngineProcess::start(&environment));
+    http.post(format!(
+        "{}/admin/tenants/{paused_tenant}/resume",
+        engine.address
+    ))
+    .bearer_auth(BOOTSTRAP_ADMIN_TOKEN)
+    .send()
+    .await
+    .unwrap();
+    assert!(
+        acknowledged.len() >= 10,
+        "{} scans acknowledged",
+        acknowledged.len()
+    );
+    for (tenant, scan_id, records) in &acknowledged {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let scan: Value = http
+                .get(format!(
+                    "{}/data-scans/{scan_id}?tenant_id={tenant}",
+                    engine.address
+                ))
+                .bearer_auth(BOOTSTRAP_ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if scan["status"] == "completed" {
+                assert_eq!(scan["records_processed"], *records);
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{scan}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let rows: i64 = client
+            .query_one(
+                "SELECT count(*) FROM processing_activities WHERE tenant_id = $1 AND scan_id = $2",
+                &[tenant, &Uuid::parse_str(scan_id).unwrap()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, *records, "scan {scan_id}");
+    }
+    let duplicates: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT scan_id, record_index FROM processing_activities GROUP BY 1, 2 HAVING count(*) > 1) AS duplicated",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(duplicates, 0);
+    // Every stored scan, acknowledged or not, was written exactly once.
+    let (done, total) = processed().await;
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM processing_activities", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!((done, rows), (total, total));
+    engine.signal(Signal::SIGTERM);
+    tokio::task::block_in_place(|| engine.wait(Duration::from_secs(60)));
+}

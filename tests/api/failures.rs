@@ -1,0 +1,859 @@
+//! Failure paths: poison records and dead letters, a PostgreSQL restart mid-ingestion, SIGKILL
+//! at several points of ingestion, and a battery of hostile requests.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use ingest_engine::store::connections;
+use ingest_engine::store::embedded::{ClusterOptions, EmbeddedCluster};
+
+use crate::helpers::{
+    activities, assert_error, repository_path, scratch_directory, spawn_app, spawn_app_on,
+};
+
+const COMPLETION: Duration = Duration::from_secs(120);
+
+#[tokio::test]
+async fn a_poison_record_is_dead_lettered_and_its_chunk_written_then_replayed_once() {
+    let app = spawn_app().await;
+    let tenant = Uuid::new_v4();
+    // A rule the engine does not know: PostgreSQL refuses the record with a permanent error.
+    app.db()
+        .await
+        .batch_execute("ALTER TABLE processing_activities ADD CONSTRAINT no_poison CHECK (activity_name NOT LIKE 'POISON%')")
+        .await
+        .unwrap();
+    let mut records = activities(2_500);
+    records[1_234]["activity_name"] = json!("POISON pill");
+    let accepted: Value = app.post_scan(tenant, records).await.json().await.unwrap();
+    let scan_id = accepted["scan_id"].as_str().unwrap().to_string();
+    let scan = app.wait_for_scan(tenant, &scan_id, COMPLETION).await;
+    assert_eq!(scan["status"], "completed_with_errors");
+    assert_eq!(scan["records_processed"], 2_499);
+    assert_eq!(scan["records_failed"], 1);
+    assert_eq!(app.activities_of(tenant).await, 2_499);
+
+    let listed: Value = app
+        .get(&format!("/admin/dead-letters?tenant_id={tenant}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["count"], 1);
+    let dead_letter = &listed["dead_letters"][0];
+    assert_eq!(dead_letter["record_index"], 1_234);
+    assert_eq!(dead_letter["status"], "pending");
+    assert!(
+        dead_letter["error"].as_str().unwrap().contains("no_poison"),
+        "{dead_letter}"
+    );
+    let replay_path = format!(
+        "/admin/dead-letters/{}/replay",
+        dead_letter["dead_letter_id"]
+    );
+
+    // Replaying before the cause is fixed records the new failure, and nothing loops.
+    let response = app
+        .request(Method::POST, &replay_path)
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 422, "replay_failed").await;
+    let attempts: i32 = app
+        .db()
+        .await
+        .query_one("SELECT attempts FROM dead_letters", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 2);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(app.activities_of(tenant).await, 2_499);
+
+    app.db()
+        .await
+        .batch_execute("ALTER TABLE processing_activities DROP CONSTRAINT no_poison")
+        .await
+        .unwrap();
+    let response = app
+        .request(Method::POST, &replay_path)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_error(
+        app.request(Method::POST, &replay_path)
+            .send()
+            .await
+            .unwrap(),
+        409,
+        "already_replayed",
+    )
+    .await;
+    assert_eq!(app.activities_of(tenant).await, 2_500);
+    let poison_rows = app
+        .count(
+            "SELECT count(*) FROM processing_activities WHERE tenant_id = $1 AND record_index = 1234",
+            &[&tenant],
+        )
+        .await;
+    assert_eq!(poison_rows, 1);
+    let scan = app.get_scan(tenant, &scan_id).await;
+    assert_eq!(scan["status"], "completed");
+    assert_eq!(scan["records_processed"], 2_500);
+    assert_eq!(scan["records_failed"], 0);
+    assert_error(
+        app.request(Method::POST, "/admin/dead-letters/999999/replay")
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "dead_letter_not_found",
+    )
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_poison_record_in_a_batch_is_reported_and_the_rest_committed() {
+    let app = spawn_app().await;
+    let tenant = Uuid::new_v4();
+    app.db()
+        .await
+        .batch_execute("ALTER TABLE processing_activities ADD CONSTRAINT no_poison CHECK (activity_name NOT LIKE 'POISON%')")
+        .await
+        .unwrap();
+    let mut records = activities(3_000);
+    records[10]["activity_name"] = json!("POISON");
+    records[2_999]["activity_name"] = json!("POISON again");
+    let response = app
+        .post_json(
+            &format!("/batch/processing-activities?tenant_id={tenant}"),
+            &json!({ "activities": records }),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["records_created"], 2_998);
+    assert_eq!(body["records_failed"], 2);
+    assert_eq!(app.activities_of(tenant).await, 2_998);
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM dead_letters WHERE scan_id IS NULL",
+            &[]
+        )
+        .await,
+        2
+    );
+    app.stop().await;
+}
+
+/// PostgreSQL restarts in the middle of an ingestion: every scan still completes with exact
+/// counts, and the writers were restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scan_completes_exactly_across_a_postgresql_restart() {
+    let data_dir = scratch_directory().join("postgres");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let options = ClusterOptions {
+        data_dir,
+        port,
+        os_user: "postgres".into(),
+        config_file_opt: Some(repository_path("config/postgresql-test.conf")),
+        startup_timeout: Duration::from_secs(60),
+        search_path_opt: None,
+    };
+    let start_options = options.clone();
+    let mut cluster = tokio::task::spawn_blocking(move || EmbeddedCluster::start(&start_options))
+        .await
+        .unwrap()
+        .unwrap();
+    let database = connections::parse_url(&cluster.database_url(), Duration::from_secs(5)).unwrap();
+    connections::ensure_database(&database).await.unwrap();
+    let app = spawn_app_on(database, |settings| {
+        settings.writers.retry_base_ms = 50;
+        settings.writers.retry_cap_ms = 500;
+        settings.database.pool_timeout_secs = 2;
+    })
+    .await;
+
+    let tenants: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    let mut scan_ids = Vec::new();
+    for tenant in &tenants {
+        let response = app.post_scan(*tenant, activities(20_000)).await;
+        assert_eq!(response.status(), 202);
+        scan_ids.push(
+            response.json::<Value>().await.unwrap()["scan_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // Wait for writing to be under way, then restart PostgreSQL under the writers.
+    loop {
+        let scan = app.get_scan(tenants[0], &scan_ids[0]).await;
+        if scan["records_processed"].as_i64().unwrap() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .unwrap();
+    // While it is down: the engine stays up and says so.
+    assert_eq!(app.get("/health").await.status(), 200);
+    assert_eq!(app.get("/health/database").await.status(), 503);
+    let refused = app.post_scan(Uuid::new_v4(), activities(10)).await;
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_error(refused, 503, "database_unavailable").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let restart_options = options.clone();
+    let cluster = tokio::task::spawn_blocking(move || EmbeddedCluster::start(&restart_options))
+        .await
+        .unwrap()
+        .unwrap();
+
+    for (tenant, scan_id) in tenants.iter().zip(&scan_ids) {
+        let scan = app.wait_for_scan(*tenant, scan_id, COMPLETION).await;
+        assert_eq!(scan["status"], "completed", "{scan}");
+        assert_eq!(scan["records_processed"], 20_000);
+        assert_eq!(app.activities_of(*tenant).await, 20_000);
+    }
+    let duplicates = app
+        .count(
+            "SELECT count(*) FROM (SELECT scan_id, record_index FROM processing_activities GROUP BY 1, 2 HAVING count(*) > 1) AS duplicated",
+            &[],
+        )
+        .await;
+    assert_eq!(duplicates, 0);
+    let health: Value = app.get("/health/database").await.json().await.unwrap();
+    assert_eq!(health["status"], "healthy");
+    assert!(
+        health["writers"]["restarts"].as_u64().unwrap() > 0,
+        "{health}"
+    );
+    app.stop().await;
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
+}
+
+/// A hostile request gets its status and a bilingual error; the engine serves on.
+#[tokio::test]
+async fn hostile_requests_get_clear_errors_and_never_a_500() {
+    let app = spawn_app().await;
+    let tenant = Uuid::new_v4();
+    let record = serde_json::to_string(&activities(1)[0]).unwrap();
+    let scan =
+        |activities: &str| format!(r#"{{"tenant_id":"{tenant}","activities":[{activities}]}}"#);
+    let with_field = |field: &str, value: &str| {
+        let mut object: serde_json::Map<String, Value> = serde_json::from_str(&record).unwrap();
+        object.insert(field.to_string(), serde_json::from_str(value).unwrap());
+        scan(&Value::Object(object).to_string())
+    };
+    let batch_path = format!("/batch/processing-activities?tenant_id={tenant}");
+    let long = "x".repeat(2_001);
+    // (method, path, content type, body, status, code)
+    let mut cases: Vec<(Method, String, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            b"".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            b"null".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            b"42".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            b"\"text\"".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            b"{".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            b"{}".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            b"{\"tenant_id\":5,\"activities\":[]}".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            format!(r#"{{"tenant_id":"{tenant}"}}"#).into_bytes(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            format!(r#"{{"tenant_id":"{tenant}","activities":null}}"#).into_bytes(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            format!(r#"{{"tenant_id":"{tenant}","activities":"x"}}"#).into_bytes(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            format!(r#"{{"tenant_id":"{tenant}","activities":[],"activities":[]}}"#).into_bytes(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            format!(r#"{{"tenant_id":"{tenant}","activities":[{record}],"unknown":true}}"#)
+                .into_bytes(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            scan("").into_bytes(),
+            400,
+            "no_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            br#"{"tenant_id":"not-a-uuid","activities":[{}]}"#.to_vec(),
+            400,
+            "invalid_field",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            br#"{"tenant_id":"00000000-0000-0000-0000-00000000000g","activities":[{}]}"#.to_vec(),
+            400,
+            "invalid_field",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            format!(r#"{{"tenant_id":"{tenant}","activities":[{record}],"priority":"urgent"}}"#)
+                .into_bytes(),
+            400,
+            "invalid_field",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            format!(r#"{{"tenant_id":"{tenant}","activities":[{record}],"priority":7}}"#)
+                .into_bytes(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            format!(r#"{{"tenant_id":"{tenant}","activities":[{record}],"idempotency_key":""}}"#)
+                .into_bytes(),
+            400,
+            "invalid_field",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            format!(
+                r#"{{"tenant_id":"{tenant}","activities":[{record}],"idempotency_key":"{}"}}"#,
+                "k".repeat(300)
+            )
+            .into_bytes(),
+            400,
+            "invalid_field",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            format!(
+                r#"{{"tenant_id":"{tenant}","activities":[{record}],"idempotency_key":"a\u0000b"}}"#
+            )
+            .into_bytes(),
+            400,
+            "invalid_field",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            scan("{}").into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            scan("1,2,3").into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            scan("null").into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            scan("[]").into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            with_field("activity_name", "\"\"").into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            with_field("activity_name", "null").into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            with_field("activity_name", "[\"a\"]").into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            with_field("activity_name", "\"a\\u0000\"").into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            with_field("activity_name", &format!("\"{}\"", "y".repeat(501))).into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            with_field("pdpl_category", "\"category 2: basic personal data\"").into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            with_field("pdpl_category", "2").into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            with_field("data_fields", "{}").into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            with_field("data_fields", "[null]").into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            with_field("data_fields", &format!("[\"{}\"]", "z".repeat(201))).into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            with_field(
+                "data_fields",
+                &format!("[{}]", vec!["\"f\""; 101].join(",")),
+            )
+            .into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            with_field("purpose", &format!("\"{long}\"")).into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            with_field("legal_basis", "true").into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            with_field("retention_period", &format!("\"{}\"", "r".repeat(101))).into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            with_field("data_recipients", "[\"\"]").into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            with_field("data_recipients", "\"one\"").into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            with_field("extra_field", "1").into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            scan(&format!("{}{}", "[".repeat(200), "]".repeat(200))).into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            scan(&format!("{}{}", "[".repeat(100_000), "]".repeat(100_000))).into_bytes(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            scan(&format!(
+                "{}{}",
+                "{\"a\":".repeat(100_000),
+                "}".repeat(100_000)
+            ))
+            .into_bytes(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            vec![b'{', 0xc3, 0x28, b'}'],
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            scan(&format!("\"{}\"", "\u{0000}")).into_bytes(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "text/plain",
+            scan(&record).into_bytes(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/x-www-form-urlencoded",
+            b"tenant_id=x".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "multipart/form-data; boundary=x",
+            b"--x--".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            Method::POST,
+            batch_path.clone(),
+            "application/json",
+            b"[]".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            batch_path.clone(),
+            "application/json",
+            br#"{"activities":[]}"#.to_vec(),
+            400,
+            "no_records",
+        ),
+        (
+            Method::POST,
+            batch_path.clone(),
+            "application/json",
+            br#"{"activities":[{}],"tenant_id":"x"}"#.to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            batch_path.clone(),
+            "application/json",
+            br#"{"activities":[{"activity_name":"a"}]}"#.to_vec(),
+            422,
+            "no_valid_records",
+        ),
+        (
+            Method::POST,
+            "/batch/processing-activities?tenant_id=%zz".into(),
+            "application/json",
+            br#"{"activities":[{}]}"#.to_vec(),
+            400,
+            "invalid_field",
+        ),
+        (
+            Method::POST,
+            "/batch/processing-activities?tenant_id=".into(),
+            "application/json",
+            br#"{"activities":[{}]}"#.to_vec(),
+            400,
+            "invalid_field",
+        ),
+        (
+            Method::GET,
+            format!("/data-scans/{}?tenant_id={tenant}", Uuid::new_v4()),
+            "application/json",
+            vec![],
+            404,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            format!("/data-scans/1%27%20OR%201=1?tenant_id={tenant}"),
+            "application/json",
+            vec![],
+            400,
+            "invalid_scan_id",
+        ),
+        (
+            Method::GET,
+            "/data-scans?tenant_id=1;DROP%20TABLE%20scans".into(),
+            "application/json",
+            vec![],
+            400,
+            "invalid_field",
+        ),
+        (
+            Method::GET,
+            format!("/data-scans?tenant_id={tenant}&limit=-1"),
+            "application/json",
+            vec![],
+            400,
+            "invalid_limit",
+        ),
+        (
+            Method::GET,
+            format!("/data-scans?tenant_id={tenant}&limit=99999999999999999999"),
+            "application/json",
+            vec![],
+            400,
+            "invalid_limit",
+        ),
+        (
+            Method::GET,
+            format!("/data-scans?tenant_id={tenant}&status=%00"),
+            "application/json",
+            vec![],
+            400,
+            "invalid_status",
+        ),
+        (
+            Method::PUT,
+            "/data-scans".into(),
+            "application/json",
+            vec![],
+            405,
+            "method_not_allowed",
+        ),
+        (
+            Method::GET,
+            "/../../etc/passwd".into(),
+            "application/json",
+            vec![],
+            404,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/admin/tenants/%00".into(),
+            "application/json",
+            vec![],
+            400,
+            "invalid_tenant_id",
+        ),
+        (
+            Method::POST,
+            "/admin/dead-letters/-5/replay".into(),
+            "application/json",
+            vec![],
+            400,
+            "invalid_dead_letter_id",
+        ),
+        (
+            Method::POST,
+            "/admin/keys".into(),
+            "application/json",
+            br#"{"scope":"admin","tenant_id":"x"}"#.to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::PUT,
+            format!("/admin/tenants/{tenant}/limits"),
+            "application/json",
+            br#"{"records_per_second":-1}"#.to_vec(),
+            400,
+            "invalid_field",
+        ),
+        (
+            Method::PUT,
+            format!("/admin/tenants/{tenant}/limits"),
+            "application/json",
+            br#"{"records_per_second":1e99}"#.to_vec(),
+            400,
+            "malformed_request",
+        ),
+    ];
+    let scan_body_limit = 64 * 1024 * 1024;
+    cases.push((
+        Method::POST,
+        "/data-scans".into(),
+        "application/json",
+        vec![b' '; scan_body_limit + 1],
+        413,
+        "payload_too_large",
+    ));
+    assert!(cases.len() >= 50, "{} cases", cases.len());
+    for (method, path, content_type, body, status, code) in cases {
+        let shown = String::from_utf8_lossy(&body[..body.len().min(120)]).to_string();
+        let response = app
+            .request(method.clone(), &path)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{method} {path} {shown}");
+        let error = assert_error(response, status, code).await;
+        assert!(!error["error_vi"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(app.get("/health").await.status(), 200);
+    assert_eq!(
+        app.count("SELECT count(*) FROM processing_activities", &[])
+            .await,
+        0
+    );
+    app.stop().await;
+}
