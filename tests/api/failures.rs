@@ -244,6 +244,9 @@ async fn every_scan_completes_exactly_across_a_postgresql_restart() {
         .unwrap();
 }
 
+/// A hostile request: method, path, content type, body, expected status and error code.
+type HostileCase = (Method, String, &'static str, Vec<u8>, u16, &'static str);
+
 /// A hostile request gets its status and a bilingual error; the engine serves on.
 #[tokio::test]
 async fn hostile_requests_get_clear_errors_and_never_a_500() {
@@ -260,7 +263,7 @@ async fn hostile_requests_get_clear_errors_and_never_a_500() {
     let batch_path = format!("/batch/processing-activities?tenant_id={tenant}");
     let long = "x".repeat(2_001);
     // (method, path, content type, body, status, code)
-    let mut cases: Vec<(Method, String, &str, Vec<u8>, u16, &str)> = vec![
+    let mut cases: Vec<HostileCase> = vec![
         (
             Method::POST,
             "/data-scans".into(),
