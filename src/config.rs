@@ -18,6 +18,12 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
     pub auth: AuthSettings,
+    pub metrics: MetricsSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
+    pub sample_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +173,7 @@ impl Settings {
             .set_default("tenants.sweep_interval_secs", 5)?
             .set_default("tenants.priority_aging_secs", 5)?
             .set_default("auth.bootstrap_admin_token", "")?
+            .set_default("metrics.sample_interval_secs", 10)?
             .set_default("shutdown.grace_period_secs", 30)?
             .set_default("log.format", "text")?
             .set_default("log.level", "info")

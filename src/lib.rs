@@ -4,6 +4,8 @@ pub mod actors;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod metrics;
+pub mod sampler;
 pub mod startup;
 pub mod store;
 pub mod submission;

@@ -47,6 +47,7 @@ impl Application {
             pool,
             engine,
             accepting: AtomicBool::new(true),
+            metrics: crate::metrics::install(),
             bootstrap_token_hash_opt: Some(settings.auth.bootstrap_admin_token.trim())
                 .filter(|token| !token.is_empty())
                 .map(crate::domain::auth::hash_secret),
@@ -74,7 +75,12 @@ impl Application {
     /// let chunks in flight finish within the grace period, stop the actors, stop HTTP.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let server = tokio::spawn(self.server);
+        let sampler = tokio::spawn(crate::sampler::run(
+            self.state.clone(),
+            Duration::from_secs(self.state.settings.metrics.sample_interval_secs.max(1)),
+        ));
         shutdown.await;
+        sampler.abort();
         tracing::info!("shutting down");
         self.state.accepting.store(false, Ordering::Release);
         let grace = Duration::from_secs(self.state.settings.shutdown.grace_period_secs);

@@ -309,6 +309,7 @@ impl TenantActor {
         );
         tracing::warn!(tenant_id = %self.tenant_id, attempts = work.attempts(), ?delay, %error, "chunk write failed; retrying");
         self.waiting_retry += 1;
+        metrics::counter!(crate::metrics::WRITE_RETRIES).increment(1);
         context.run_later(delay, move |actor, context| {
             actor.waiting_retry -= 1;
             if actor.draining {

@@ -68,10 +68,36 @@ impl Actor for Writer {
     }
 }
 
+/// One observation per chunk: duration, rows per second, records written and dead-lettered,
+/// and the scan it finished.
+fn record_chunk_metrics(elapsed: Duration, outcome: &Result<ChunkOutcome, StoreError>) {
+    let Ok(outcome) = outcome else {
+        return;
+    };
+    if outcome.already_applied {
+        return;
+    }
+    metrics::histogram!(crate::metrics::CHUNK_WRITE_DURATION).record(elapsed.as_secs_f64());
+    if elapsed > Duration::ZERO && outcome.written > 0 {
+        metrics::gauge!(crate::metrics::COPY_ROWS_PER_SECOND)
+            .set(outcome.written as f64 / elapsed.as_secs_f64());
+    }
+    metrics::counter!(crate::metrics::RECORDS_WRITTEN).increment(outcome.written);
+    if outcome.dead_lettered > 0 {
+        metrics::counter!(crate::metrics::DEAD_LETTERS).increment(outcome.dead_lettered);
+        metrics::counter!(crate::metrics::RECORDS_FAILED, "reason" => "dead_letter")
+            .increment(outcome.dead_lettered);
+    }
+    if let Some(status) = outcome.finished_scan_opt {
+        metrics::counter!(crate::metrics::SCANS_FINISHED, "status" => status.as_str()).increment(1);
+    }
+}
+
 impl Supervised for Writer {
     fn restarting(&mut self, _context: &mut Context<Self>) {
         self.client_opt = None;
         self.counters.restarts.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::WRITER_RESTARTS).increment(1);
         tracing::warn!(writer = self.index, "writer restarted");
     }
 }
@@ -92,8 +118,10 @@ impl Handler<WriteChunk> for Writer {
                     Err(error) => return (Err(StoreError::Database(error)), None),
                 },
             };
+            let started = Instant::now();
             let outcome =
                 chunk_writes::apply_chunk(&mut client, message.tenant_id, &message.source).await;
+            record_chunk_metrics(started.elapsed(), &outcome);
             (outcome, Some(client))
         };
         // A panic while writing must not take the actor system down: it becomes a retryable

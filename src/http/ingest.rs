@@ -30,7 +30,25 @@ pub async fn submit_scan(
     authorization_opt: Option<String>,
     body: Result<Bytes, ApiError>,
 ) -> Response {
-    respond(submit_scan_inner(state, authorization_opt, body).await)
+    respond(count_rejection(
+        submit_scan_inner(state, authorization_opt, body).await,
+    ))
+}
+
+/// Counts a refused submission by its error code (a fixed set).
+fn count_rejection(result: Result<Response, ApiError>) -> Result<Response, ApiError> {
+    if let Err(error) = &result {
+        metrics::counter!(crate::metrics::SUBMISSIONS_REJECTED, "reason" => error.code)
+            .increment(1);
+    }
+    result
+}
+
+fn count_accepted(route: &'static str, valid: u64, invalid: u64) {
+    metrics::counter!(crate::metrics::RECORDS_ACCEPTED, "route" => route).increment(valid);
+    if invalid > 0 {
+        metrics::counter!(crate::metrics::RECORDS_FAILED, "reason" => "invalid").increment(invalid);
+    }
 }
 
 async fn submit_scan_inner(
@@ -86,6 +104,7 @@ async fn submit_scan_inner(
     let staged = staging::stage_scan(&state.pool, &new_scan, defaults).await?;
     let scan = match staged {
         StagedScan::New { scan, chunks } => {
+            count_accepted("scan", valid_records as u64, new_scan.records_failed as u64);
             state.engine.chunks_staged(ChunksStaged {
                 tenant_id: scan.tenant_id,
                 chunks,
@@ -263,7 +282,9 @@ pub async fn submit_batch(
     query: Query,
     body: Result<Bytes, ApiError>,
 ) -> Response {
-    respond(submit_batch_inner(state, authorization_opt, query, body).await)
+    respond(count_rejection(
+        submit_batch_inner(state, authorization_opt, query, body).await,
+    ))
 }
 
 async fn submit_batch_inner(
@@ -324,6 +345,8 @@ async fn submit_batch_inner(
             }
             Ok(Err(error)) => {
                 records_failed += record_count as u64;
+                metrics::counter!(crate::metrics::RECORDS_FAILED, "reason" => "unwritten")
+                    .increment(record_count as u64);
                 unwritten.push(error);
             }
             Err(_) => {

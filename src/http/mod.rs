@@ -37,6 +37,8 @@ pub struct AppState {
     pub accepting: AtomicBool,
     /// SHA-256 of the configured bootstrap admin token, if any.
     pub bootstrap_token_hash_opt: Option<[u8; 32]>,
+    /// Renders `GET /metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 impl AppState {
@@ -66,6 +68,17 @@ pub fn routes(
         .and(with_state.clone())
         .then(health::database);
 
+    let metrics_route = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state.clone())
+        .map(|state: Arc<AppState>| {
+            warp::reply::with_header(
+                state.metrics.render(),
+                "content-type",
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+            .into_response()
+        });
     let authorization = warp::header::optional::<String>("authorization");
     let json_body = |limit: u64| {
         warp::header::optional::<String>("content-type")
@@ -203,6 +216,8 @@ pub fn routes(
     health
         .or(health_database)
         .unify()
+        .or(metrics_route)
+        .unify()
         .or(submit_scan)
         .unify()
         .or(get_scan)
@@ -215,7 +230,19 @@ pub fn routes(
         .unify()
         .recover(recover)
         .unify()
+        .with(warp::log::custom(record_request))
         .with(warp::trace::request())
+}
+
+/// One observation per request, labelled by route template, never by path.
+fn record_request(info: warp::log::Info<'_>) {
+    let route = crate::metrics::route_label(info.path());
+    let method = info.method().as_str().to_string();
+    let status = info.status().as_u16().to_string();
+    metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route, "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION, "route" => route, "method" => method)
+        .record(info.elapsed().as_secs_f64());
 }
 
 /// Largest body of an admin request, in bytes.

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::copy_encoder::{self, COPY_COLUMNS, COPY_HEADER, COPY_TRAILER};
 use super::StoreError;
-use crate::domain::TenantId;
+use crate::domain::{ScanStatus, TenantId};
 
 /// What applying a chunk did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,8 @@ pub struct ChunkOutcome {
     pub dead_lettered: u64,
     /// The chunk was no longer staged: another transaction applied it before.
     pub already_applied: bool,
+    /// The final status of the chunk's scan, if this chunk finished it.
+    pub finished_scan_opt: Option<ScanStatus>,
 }
 
 /// Where a chunk's tuples come from.
@@ -96,7 +98,7 @@ async fn apply_once(
         }
     };
 
-    let outcome = match mode {
+    let mut outcome = match mode {
         Mode::Whole => {
             copy_tuples(&transaction, std::slice::from_ref(&payload)).await?;
             ChunkOutcome {
@@ -107,7 +109,8 @@ async fn apply_once(
         Mode::Isolate => isolate(&transaction, tenant_id, scan_id_opt, &payload).await?,
     };
     if let Some(scan_id) = scan_id_opt {
-        advance_scan(&transaction, tenant_id, scan_id, &outcome).await?;
+        outcome.finished_scan_opt =
+            advance_scan(&transaction, tenant_id, scan_id, &outcome).await?;
     }
     transaction.commit().await?;
     Ok(outcome)
@@ -201,17 +204,18 @@ async fn dead_letter(
     Ok(())
 }
 
-/// Counts the chunk into its scan and completes the scan when every record is accounted for.
+/// Counts the chunk into its scan and completes the scan when every record is accounted for;
+/// returns the scan's final status if this chunk finished it.
 async fn advance_scan(
     transaction: &Transaction<'_>,
     tenant_id: TenantId,
     scan_id: Uuid,
     outcome: &ChunkOutcome,
-) -> Result<(), StoreError> {
+) -> Result<Option<ScanStatus>, StoreError> {
     let written = outcome.written as i32;
     let failed = outcome.dead_lettered as i32;
-    transaction
-        .execute(
+    let row_opt = transaction
+        .query_opt(
             "UPDATE scans SET \
                 records_processed = records_processed + $3, \
                 records_failed = records_failed + $4, \
@@ -223,9 +227,12 @@ async fn advance_scan(
                 completed_at = CASE \
                     WHEN records_processed + records_failed + $3 + $4 < records_total THEN NULL \
                     ELSE now() END \
-             WHERE tenant_id = $1 AND scan_id = $2",
+             WHERE tenant_id = $1 AND scan_id = $2 \
+             RETURNING status",
             &[&tenant_id.0, &scan_id, &written, &failed],
         )
         .await?;
-    Ok(())
+    Ok(row_opt
+        .and_then(|row| ScanStatus::parse(row.get("status")))
+        .filter(|status| *status != ScanStatus::Processing))
 }

@@ -93,3 +93,44 @@ pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
     connection.simple_query("SELECT 1").await?;
     Ok(())
 }
+
+/// PostgreSQL's own counters, for the metrics sampler.
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseStatistics {
+    pub cache_hit_ratio: f64,
+    pub checkpoints_timed: i64,
+    pub checkpoints_requested: i64,
+}
+
+pub async fn database_statistics(pool: &Pool) -> Result<DatabaseStatistics, StoreError> {
+    let connection = pool.get().await?;
+    let row = connection
+        .query_one(
+            "SELECT coalesce(d.blks_hit::float8 / nullif(d.blks_hit + d.blks_read, 0), 1.0) AS cache_hit_ratio, \
+                    b.checkpoints_timed, b.checkpoints_req \
+             FROM pg_stat_database d, pg_stat_bgwriter b WHERE d.datname = current_database()",
+            &[],
+        )
+        .await?;
+    Ok(DatabaseStatistics {
+        cache_hit_ratio: row.try_get("cache_hit_ratio")?,
+        checkpoints_timed: row.try_get("checkpoints_timed")?,
+        checkpoints_requested: row.try_get("checkpoints_req")?,
+    })
+}
+
+/// The tenants with the most staged records, largest first.
+pub async fn largest_backlogs(pool: &Pool, limit: i64) -> Result<Vec<(TenantId, i64)>, StoreError> {
+    let connection = pool.get().await?;
+    let rows = connection
+        .query(
+            "SELECT tenant_id, sum(record_count)::bigint AS records FROM staged_chunks \
+             GROUP BY tenant_id ORDER BY records DESC LIMIT $1",
+            &[&limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| (TenantId(row.get("tenant_id")), row.get("records")))
+        .collect())
+}
