@@ -122,7 +122,7 @@ async fn get_scan_inner(
             "scan_id phải là một UUID",
         )
     })?;
-    let scan = queries::scan(&state.pool, tenant_id, scan_id)
+    let scan = queries::scan(&state.read_pool, tenant_id, scan_id)
         .await?
         .ok_or_else(ApiError::not_found)?;
     Ok(warp::reply::json(&scan_json(&scan)).into_response())
@@ -158,7 +158,7 @@ async fn list_scans_inner(state: Arc<AppState>, query: Query) -> Result<Response
                 )
             })?,
     };
-    let scans = queries::scans(&state.pool, tenant_id, status_opt, limit).await?;
+    let scans = queries::scans(&state.read_pool, tenant_id, status_opt, limit).await?;
     let body = json!({
         "tenant_id": tenant_id,
         "count": scans.len(),

@@ -24,12 +24,15 @@ use warp::{Filter, Rejection, Reply};
 pub use self::error::ApiError;
 use crate::actors::Engine;
 use crate::config::Settings;
-use crate::store::Pool;
+use crate::store::{Pool, ReadPool};
 
 /// What every handler may use.
 pub struct AppState {
     pub settings: Settings,
+    /// The request pool: stages submissions and registers tenants.
     pub pool: Pool,
+    /// Every dashboard read, as the row-level-secured reader role.
+    pub read_pool: ReadPool,
     pub engine: Engine,
     /// Cleared at shutdown: submissions get 503 from then on.
     pub accepting: AtomicBool,

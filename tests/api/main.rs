@@ -5,5 +5,6 @@ mod embedded;
 mod health;
 mod helpers;
 mod process;
+mod reads;
 mod recovery;
 mod scans;
