@@ -202,7 +202,7 @@ fn scan_json(scan: &ScanRow) -> serde_json::Value {
     })
 }
 
-fn tenant_from_query(query: &Query) -> Result<TenantId, ApiError> {
+pub(super) fn tenant_from_query(query: &Query) -> Result<TenantId, ApiError> {
     let text = query.get("tenant_id").ok_or_else(|| {
         ApiError::bad_request(
             "missing_tenant_id",

@@ -6,6 +6,7 @@
 //! and [`recover`] turns warp's own rejections (unknown route, wrong method) into the same
 //! error body, so no request ever gets a bare 500.
 
+mod analytics;
 pub mod error;
 mod health;
 mod ingest;
@@ -31,7 +32,7 @@ pub struct AppState {
     pub settings: Settings,
     /// The request pool: stages submissions and registers tenants.
     pub pool: Pool,
-    /// Every dashboard read, as the row-level-secured reader role.
+    /// Every dashboard read: scans and analytics, as the row-level-secured reader role.
     pub read_pool: ReadPool,
     pub engine: Engine,
     /// Cleared at shutdown: submissions get 503 from then on.
@@ -90,6 +91,16 @@ pub fn routes(
         .and(warp::header::optional::<String>("content-length"))
         .and(warp::body::stream())
         .then(ingest::submit_batch);
+    let compliance_summary = warp::path!("analytics" / "compliance-summary")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(query)
+        .then(analytics::compliance_summary);
+    let processing_activities = warp::path!("analytics" / "processing-activities")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(query)
+        .then(analytics::processing_activities);
 
     health
         .or(health_database)
@@ -101,6 +112,10 @@ pub fn routes(
         .or(list_scans)
         .unify()
         .or(submit_batch)
+        .unify()
+        .or(compliance_summary)
+        .unify()
+        .or(processing_activities)
         .unify()
         .recover(recover)
         .unify()
