@@ -30,7 +30,7 @@ use crate::store::{Pool, ReadPool};
 /// What every handler may use.
 pub struct AppState {
     pub settings: Settings,
-    /// The request pool: stages submissions and registers tenants.
+    /// The request pool: stages submissions (the "write pool" of `/health/connection-pools`).
     pub pool: Pool,
     /// Every dashboard read: scans and analytics, as the row-level-secured reader role.
     pub read_pool: ReadPool,
@@ -65,6 +65,10 @@ pub fn routes(
         .and(warp::get())
         .and(with_state.clone())
         .then(health::database);
+    let health_connection_pools = warp::path!("health" / "connection-pools")
+        .and(warp::get())
+        .and(with_state.clone())
+        .map(health::connection_pools);
 
     let submit_scan = warp::path!("data-scans")
         .and(warp::post())
@@ -104,6 +108,8 @@ pub fn routes(
 
     health
         .or(health_database)
+        .unify()
+        .or(health_connection_pools)
         .unify()
         .or(submit_scan)
         .unify()

@@ -1,4 +1,4 @@
-//! The read side: row-level security in PostgreSQL, the analytics routes.
+//! The read side: row-level security in PostgreSQL, the analytics routes, the read pool.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::helpers::{activities, activity, assert_error, spawn_app, TestApp};
+use crate::helpers::{activities, activity, assert_error, spawn_app, spawn_app_with, TestApp};
 
 const SENSITIVE: &str = "Category 1: Sensitive Personal Data";
 const BASIC: &str = "Category 2: Basic Personal Data";
@@ -440,5 +440,81 @@ async fn bad_read_parameters_get_bilingual_400s() {
         )
         .await;
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn connection_pools_reports_each_pool() {
+    let app = spawn_app().await;
+    // One read first, so the read pool has opened a connection.
+    get_json(
+        &app,
+        &format!("/analytics/compliance-summary?tenant_id={}", Uuid::new_v4()),
+    )
+    .await;
+    let body = get_json(&app, "/health/connection-pools").await;
+    for pool in ["read_pool", "write_pool"] {
+        let usage = &body[pool];
+        assert_eq!(usage["pool_size"], 8, "{pool}");
+        for field in ["checked_out", "checked_in", "utilization_percent"] {
+            assert!(usage[field].is_number(), "{pool}.{field}: {body}");
+        }
+        assert_eq!(usage["status"], "healthy", "{body}");
+        assert_eq!(usage["status_vi"], "hoạt động tốt", "{body}");
+    }
+    assert_eq!(body["write_pool"]["dedicated_writer_connections"], 2);
+    assert!(body["recommendation"]
+        .as_str()
+        .is_some_and(|text| !text.is_empty()));
+    assert!(body["recommendation_vi"]
+        .as_str()
+        .is_some_and(|text| !text.is_empty()));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_saturated_read_pool_is_reported_and_does_not_stop_submissions() {
+    let app = spawn_app_with(|settings| settings.database.read_pool_size = 1).await;
+    let tenant = Uuid::new_v4();
+    // Hold every reader off the activities table, so the one read connection stays checked out.
+    let mut blocker = app.db().await;
+    let lock = blocker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE processing_activities IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let blocked_read = {
+        let http = app.http.clone();
+        let url = format!(
+            "{}/analytics/compliance-summary?tenant_id={tenant}",
+            app.address
+        );
+        tokio::spawn(async move { http.get(url).send().await.unwrap().status() })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pools = loop {
+        let pools = get_json(&app, "/health/connection-pools").await;
+        if pools["read_pool"]["checked_out"] == 1 {
+            break pools;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the read never checked out: {pools}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(pools["read_pool"]["status"], "saturated", "{pools}");
+    assert_eq!(pools["read_pool"]["status_vi"], "quá tải");
+    assert_eq!(pools["read_pool"]["utilization_percent"], 100.0);
+    assert!(pools["recommendation"]
+        .as_str()
+        .unwrap()
+        .contains("database.read_pool_size"));
+    assert_eq!(pools["write_pool"]["status"], "healthy", "{pools}");
+    // Submissions stage on the request pool, untouched by the reads.
+    let response = app.post_scan(tenant, activities(10)).await;
+    assert_eq!(response.status(), 202);
+
+    lock.rollback().await.unwrap();
+    assert_eq!(blocked_read.await.unwrap(), 200);
     app.stop().await;
 }
