@@ -78,11 +78,17 @@ pub async fn build_pool(config: &Config, size: u32, checkout_timeout: Duration) 
 /// Builds the read pool; the reader role must exist (migrations run first).
 ///
 /// Each new connection logs in as the engine's user and, once, in the connection customizer,
-/// runs `SET ROLE ingest_reader` and the statement time-out: session settings, so they hold for
-/// the connection's life and cost nothing per read. `test_on_check_out` is configurable and off
-/// by default, for the reason given at [`build_pool`]. At least one connection is kept idle so the
-/// first dashboard read after a quiet period does not pay for a connection and its `SET ROLE`.
-/// Like the request pool, connections are recycled after 30 minutes.
+/// runs `SET ROLE ingest_reader`, the statement time-out and `jit = off`: session settings, so
+/// they hold for the connection's life and cost nothing per read. JIT is off because at ten
+/// million rows the summary's estimated cost crossed `jit_above_cost` and compiling its plan
+/// cost more than it saved: a summary for a transaction with no tenant, which reads nothing,
+/// took 430 ms with JIT and 15 ms without (`docs/READ_PATH.md`). `ALTER ROLE ingest_reader SET
+/// jit = off` would not do: role settings apply at login, not at `SET ROLE`.
+///
+/// `test_on_check_out` is configurable and off by default, for the reason given at
+/// [`build_pool`]. At least one connection is kept idle so the first dashboard read after a quiet
+/// period does not pay for a connection and its `SET ROLE`. Like the request pool, connections
+/// are recycled after 30 minutes.
 pub async fn build_read_pool(config: &Config, options: ReadPoolOptions) -> ReadPool {
     let manager = PostgresConnectionManager::new(config.clone(), NoTls);
     let pool = bb8::Pool::builder()
@@ -126,7 +132,7 @@ impl bb8::CustomizeConnection<Client, tokio_postgres::Error> for ReaderSession {
     ) -> Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send + 'a>> {
         // Both values are constants of the engine, not input: formatting them is safe.
         let statements = format!(
-            "SET ROLE {READER_ROLE}; SET statement_timeout = {}",
+            "SET ROLE {READER_ROLE}; SET statement_timeout = {}; SET jit = off",
             self.statement_timeout_ms
         );
         Box::pin(async move { connection.batch_execute(&statements).await })
