@@ -40,6 +40,10 @@ pub struct DatabaseSettings {
     pub pool_size: u32,
     pub pool_timeout_secs: u64,
     pub connect_timeout_secs: u64,
+    pub read_pool_size: u32,
+    pub read_pool_timeout_secs: u64,
+    pub read_pool_test_on_check_out: bool,
+    pub read_statement_timeout_ms: u64,
     pub embedded: EmbeddedSettings,
 }
 
@@ -151,6 +155,10 @@ impl Settings {
             .set_default("database.pool_size", 8)?
             .set_default("database.pool_timeout_secs", 5)?
             .set_default("database.connect_timeout_secs", 5)?
+            .set_default("database.read_pool_size", 8)?
+            .set_default("database.read_pool_timeout_secs", 5)?
+            .set_default("database.read_pool_test_on_check_out", false)?
+            .set_default("database.read_statement_timeout_ms", 10_000)?
             .set_default("database.embedded.data_dir", ".data/postgres")?
             .set_default("database.embedded.port", 0)?
             .set_default("database.embedded.os_user", "postgres")?
@@ -210,6 +218,11 @@ mod tests {
         assert!(built_in.to_string().contains("not found"));
         let defaults_only = Settings::load_from(None, &[]).unwrap();
         assert_eq!(format!("{from_file:?}"), format!("{defaults_only:?}"));
+        // The read pool is its own pool, tested on check-out only when asked.
+        assert_eq!(defaults_only.database.read_pool_size, 8);
+        assert_eq!(defaults_only.database.read_pool_timeout_secs, 5);
+        assert!(!defaults_only.database.read_pool_test_on_check_out);
+        assert_eq!(defaults_only.database.read_statement_timeout_ms, 10_000);
     }
 
     #[test]
@@ -221,10 +234,14 @@ mod tests {
                 ("INGEST__WRITERS__COUNT", "7"),
                 ("INGEST__DATABASE__EMBEDDED__DATA_DIR", "/var/tmp/engine"),
                 ("INGEST__LOG__FORMAT", "json"),
+                ("INGEST__DATABASE__READ_POOL_SIZE", "3"),
+                ("INGEST__DATABASE__READ_POOL_TEST_ON_CHECK_OUT", "true"),
             ]),
         )
         .unwrap();
         assert_eq!(settings.http.port, 9123);
+        assert_eq!(settings.database.read_pool_size, 3);
+        assert!(settings.database.read_pool_test_on_check_out);
         assert_eq!(settings.writers.count, 7);
         assert_eq!(
             settings.database.embedded.data_dir,

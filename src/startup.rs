@@ -12,7 +12,8 @@ use tokio::sync::oneshot;
 use crate::actors::Engine;
 use crate::config::Settings;
 use crate::http::{self, AppState};
-use crate::store::{connections, migrations};
+use crate::store::connections::{self, ReadPoolOptions};
+use crate::store::migrations;
 
 /// A bound, ready application. Nothing is served until [`Application::run_until`].
 pub struct Application {
@@ -23,8 +24,8 @@ pub struct Application {
 }
 
 impl Application {
-    /// Applies migrations, opens the pool, starts the actors (which resume staged work) and
-    /// binds the HTTP listener (port 0 picks a free one).
+    /// Applies migrations, opens the request pool and the read pool, starts the actors (which
+    /// resume staged work) and binds the HTTP listener (port 0 picks a free one).
     pub async fn build(settings: Settings, database_url: &str) -> anyhow::Result<Application> {
         let database = connections::parse_url(
             database_url,
@@ -37,6 +38,19 @@ impl Application {
             Duration::from_secs(settings.database.pool_timeout_secs),
         )
         .await;
+        // After the migrations: its connections switch to the role migration V3 creates.
+        let read_pool = connections::build_read_pool(
+            &database,
+            ReadPoolOptions {
+                size: settings.database.read_pool_size,
+                checkout_timeout: Duration::from_secs(settings.database.read_pool_timeout_secs),
+                test_on_check_out: settings.database.read_pool_test_on_check_out,
+                statement_timeout: Duration::from_millis(
+                    settings.database.read_statement_timeout_ms,
+                ),
+            },
+        )
+        .await;
         let engine = Engine::start(&settings, &database)?;
         let host: IpAddr =
             settings.http.host.parse().with_context(|| {
@@ -45,6 +59,7 @@ impl Application {
         let state = Arc::new(AppState {
             settings: settings.clone(),
             pool,
+            read_pool,
             engine,
             accepting: AtomicBool::new(true),
             metrics: crate::metrics::install(),

@@ -175,7 +175,7 @@ async fn get_scan_inner(
             "scan_id phải là một UUID",
         )
     })?;
-    let scan = queries::scan(&state.pool, tenant_id, scan_id)
+    let scan = queries::scan(&state.read_pool, tenant_id, scan_id)
         .await?
         .ok_or_else(ApiError::not_found)?;
     Ok(warp::reply::json(&scan_json(&scan)).into_response())
@@ -221,7 +221,7 @@ async fn list_scans_inner(
                 )
             })?,
     };
-    let scans = queries::scans(&state.pool, tenant_id, status_opt, limit).await?;
+    let scans = queries::scans(&state.read_pool, tenant_id, status_opt, limit).await?;
     let body = json!({
         "tenant_id": tenant_id,
         "count": scans.len(),
@@ -265,7 +265,7 @@ fn scan_json(scan: &ScanRow) -> serde_json::Value {
     })
 }
 
-fn tenant_from_query(query: &Query) -> Result<TenantId, ApiError> {
+pub(super) fn tenant_from_query(query: &Query) -> Result<TenantId, ApiError> {
     let text = query.get("tenant_id").ok_or_else(|| {
         ApiError::bad_request(
             "missing_tenant_id",

@@ -7,6 +7,7 @@
 //! error body, so no request ever gets a bare 500.
 
 mod admin;
+mod analytics;
 mod auth;
 pub mod error;
 mod health;
@@ -26,12 +27,15 @@ use warp::{Filter, Rejection, Reply};
 pub use self::error::ApiError;
 use crate::actors::Engine;
 use crate::config::Settings;
-use crate::store::Pool;
+use crate::store::{Pool, ReadPool};
 
 /// What every handler may use.
 pub struct AppState {
     pub settings: Settings,
+    /// The request pool: stages submissions (the "write pool" of `/health/connection-pools`).
     pub pool: Pool,
+    /// Every dashboard read: scans and analytics, as the row-level-secured reader role.
+    pub read_pool: ReadPool,
     pub engine: Engine,
     /// Cleared at shutdown: submissions get 503 from then on.
     pub accepting: AtomicBool,
@@ -67,6 +71,10 @@ pub fn routes(
         .and(warp::get())
         .and(with_state.clone())
         .then(health::database);
+    let health_connection_pools = warp::path!("health" / "connection-pools")
+        .and(warp::get())
+        .and(with_state.clone())
+        .map(health::connection_pools);
 
     let metrics_route = warp::path!("metrics")
         .and(warp::get())
@@ -115,6 +123,18 @@ pub fn routes(
         .and(query)
         .and(json_body(state.settings.http.max_batch_body_bytes))
         .then(ingest::submit_batch);
+    let compliance_summary = warp::path!("analytics" / "compliance-summary")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(authorization)
+        .and(query)
+        .then(analytics::compliance_summary);
+    let processing_activities = warp::path!("analytics" / "processing-activities")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(authorization)
+        .and(query)
+        .then(analytics::processing_activities);
 
     let create_tenant = warp::path!("admin" / "tenants")
         .and(warp::post())
@@ -218,6 +238,8 @@ pub fn routes(
         .unify()
         .or(metrics_route)
         .unify()
+        .or(health_connection_pools)
+        .unify()
         .or(submit_scan)
         .unify()
         .or(get_scan)
@@ -227,6 +249,10 @@ pub fn routes(
         .or(submit_batch)
         .unify()
         .or(admin_routes)
+        .unify()
+        .or(compliance_summary)
+        .unify()
+        .or(processing_activities)
         .unify()
         .recover(recover)
         .unify()

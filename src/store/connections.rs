@@ -1,5 +1,8 @@
-//! Connections: the bb8 pool of the request path and the dedicated connections of writers.
+//! Connections: the bb8 request pool that stages submissions, the bb8 read pool that serves
+//! dashboard reads as the `ingest_reader` role, and the dedicated connections of writers.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -7,8 +10,31 @@ use anyhow::Context;
 use bb8_postgres::PostgresConnectionManager;
 use tokio_postgres::{Client, Config, NoTls};
 
-/// The request-path pool: staging submissions and serving reads.
+use super::StoreError;
+
+/// The request-path pool: staging submissions and registering tenants.
 pub type Pool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+
+/// The read pool: every connection has switched to the `ingest_reader` role, which row-level
+/// security limits to the tenant its transaction names (`store::reads`). A type of its own so a
+/// read cannot be sent to the request pool, nor a write to this one, by mistake.
+#[derive(Clone)]
+pub struct ReadPool {
+    pool: Pool,
+}
+
+/// How the read pool is sized and checked; `database.read_*` in `config/default.toml`.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadPoolOptions {
+    pub size: u32,
+    pub checkout_timeout: Duration,
+    pub test_on_check_out: bool,
+    /// Zero: no limit.
+    pub statement_timeout: Duration,
+}
+
+/// The role the read pool's connections switch to (created by migration V3).
+pub const READER_ROLE: &str = "ingest_reader";
 
 /// Parses a `postgres://` URL and applies the connect time-out.
 pub fn parse_url(url: &str, connect_timeout: Duration) -> anyhow::Result<Config> {
@@ -32,6 +58,22 @@ pub async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
     Ok(client)
 }
 
+/// A pool connection whose socket is still open. Idle connections closed by the server (a
+/// PostgreSQL restart) are skipped, so the first request after a restart does not fail; bb8
+/// discards them when they return. No round trip: `is_closed` reads local state.
+pub async fn checkout(
+    pool: &Pool,
+) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, StoreError> {
+    let attempts = pool.state().connections + 1;
+    for _ in 0..attempts {
+        let connection = pool.get().await?;
+        if !connection.is_closed() {
+            return Ok(connection);
+        }
+    }
+    Ok(pool.get().await?)
+}
+
 /// Builds the request-path pool.
 ///
 /// `test_on_check_out` is off: it costs a round trip on every `get()`, and a broken connection
@@ -47,6 +89,70 @@ pub async fn build_pool(config: &Config, size: u32, checkout_timeout: Duration) 
         .max_lifetime(Some(Duration::from_secs(30 * 60)))
         .idle_timeout(Some(Duration::from_secs(10 * 60)))
         .build_unchecked(manager)
+}
+
+/// Builds the read pool; the reader role must exist (migrations run first).
+///
+/// Each new connection logs in as the engine's user and, once, in the connection customizer,
+/// runs `SET ROLE ingest_reader`, the statement time-out and `jit = off`: session settings, so
+/// they hold for the connection's life and cost nothing per read. JIT is off because at ten
+/// million rows the summary's estimated cost crossed `jit_above_cost` and compiling its plan
+/// cost more than it saved: a summary for a transaction with no tenant, which reads nothing,
+/// took 430 ms with JIT and 15 ms without (`docs/READ_PATH.md`). `ALTER ROLE ingest_reader SET
+/// jit = off` would not do: role settings apply at login, not at `SET ROLE`.
+///
+/// `test_on_check_out` is configurable and off by default, for the reason given at
+/// [`build_pool`]. At least one connection is kept idle so the first dashboard read after a quiet
+/// period does not pay for a connection and its `SET ROLE`. Like the request pool, connections
+/// are recycled after 30 minutes.
+pub async fn build_read_pool(config: &Config, options: ReadPoolOptions) -> ReadPool {
+    let manager = PostgresConnectionManager::new(config.clone(), NoTls);
+    let pool = bb8::Pool::builder()
+        .max_size(options.size)
+        .min_idle(Some(1.min(options.size)))
+        .test_on_check_out(options.test_on_check_out)
+        .connection_timeout(options.checkout_timeout)
+        .max_lifetime(Some(Duration::from_secs(30 * 60)))
+        .idle_timeout(Some(Duration::from_secs(10 * 60)))
+        .connection_customizer(Box::new(ReaderSession {
+            statement_timeout_ms: options.statement_timeout.as_millis(),
+        }))
+        .build_unchecked(manager);
+    ReadPool { pool }
+}
+
+impl ReadPool {
+    /// A connection acting as the reader role.
+    pub async fn get(
+        &self,
+    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, StoreError> {
+        checkout(&self.pool).await
+    }
+
+    /// Connections open and idle, and check-out statistics.
+    pub fn state(&self) -> bb8::State {
+        self.pool.state()
+    }
+}
+
+/// Switches each new read-pool connection to the reader role.
+#[derive(Debug)]
+struct ReaderSession {
+    statement_timeout_ms: u128,
+}
+
+impl bb8::CustomizeConnection<Client, tokio_postgres::Error> for ReaderSession {
+    fn on_acquire<'a>(
+        &'a self,
+        connection: &'a mut Client,
+    ) -> Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send + 'a>> {
+        // Both values are constants of the engine, not input: formatting them is safe.
+        let statements = format!(
+            "SET ROLE {READER_ROLE}; SET statement_timeout = {}; SET jit = off",
+            self.statement_timeout_ms
+        );
+        Box::pin(async move { connection.batch_execute(&statements).await })
+    }
 }
 
 /// Creates the configured database if it does not exist (private clusters and tests only: an

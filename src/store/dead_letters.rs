@@ -32,7 +32,7 @@ pub async fn dead_letters(
     tenant_opt: Option<TenantId>,
     limit: i64,
 ) -> Result<Vec<DeadLetterRow>, StoreError> {
-    let connection = pool.get().await?;
+    let connection = super::connections::checkout(pool).await?;
     let tenant_uuid_opt = tenant_opt.map(|tenant| tenant.0);
     let rows = connection
         .query(
@@ -69,7 +69,7 @@ pub async fn replay(
     actor: &Principal,
     dead_letter_id: i64,
 ) -> Result<ReplayOutcome, StoreError> {
-    let mut connection = pool.get().await?;
+    let mut connection = super::connections::checkout(pool).await?;
     let transaction = connection.transaction().await?;
     let row_opt = transaction
         .query_opt(

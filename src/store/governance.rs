@@ -74,7 +74,7 @@ pub async fn create_tenant(
     new_tenant: &NewTenant,
     defaults: TenantDefaults,
 ) -> Result<Option<TenantRow>, StoreError> {
-    let mut connection = pool.get().await?;
+    let mut connection = super::connections::checkout(pool).await?;
     let transaction = connection.transaction().await?;
     let inserted = transaction
         .execute(
@@ -113,7 +113,7 @@ pub async fn create_tenant(
 }
 
 pub async fn tenants(pool: &Pool, limit: i64) -> Result<Vec<TenantRow>, StoreError> {
-    let connection = pool.get().await?;
+    let connection = super::connections::checkout(pool).await?;
     let rows = connection
         .query(
             &format!("SELECT {TENANT_COLUMNS} FROM tenants t ORDER BY t.created_at, t.tenant_id LIMIT $1"),
@@ -124,7 +124,7 @@ pub async fn tenants(pool: &Pool, limit: i64) -> Result<Vec<TenantRow>, StoreErr
 }
 
 pub async fn tenant(pool: &Pool, tenant_id: TenantId) -> Result<Option<TenantRow>, StoreError> {
-    let connection = pool.get().await?;
+    let connection = super::connections::checkout(pool).await?;
     select_tenant(&*connection, tenant_id, false).await
 }
 
@@ -164,7 +164,7 @@ pub async fn change_limits(
     action: &str,
     change: LimitsChange,
 ) -> Result<Option<TenantRow>, StoreError> {
-    let mut connection = pool.get().await?;
+    let mut connection = super::connections::checkout(pool).await?;
     let transaction = connection.transaction().await?;
     let Some(before) = select_tenant(&transaction, tenant_id, true).await? else {
         return Ok(None);
@@ -208,7 +208,7 @@ pub async fn limits_of(
     pool: &Pool,
     tenant_ids: &[TenantId],
 ) -> Result<Vec<(TenantId, TenantLimits)>, StoreError> {
-    let connection = pool.get().await?;
+    let connection = super::connections::checkout(pool).await?;
     let ids: Vec<Uuid> = tenant_ids.iter().map(|tenant| tenant.0).collect();
     let rows = connection
         .query(
@@ -241,7 +241,7 @@ pub struct StoredKey {
 
 /// The unrevoked key with this id.
 pub async fn active_key(pool: &Pool, key_id: Uuid) -> Result<Option<StoredKey>, StoreError> {
-    let connection = pool.get().await?;
+    let connection = super::connections::checkout(pool).await?;
     let row_opt = connection
         .query_opt(
             "SELECT scope, tenant_id, secret_hash FROM api_keys WHERE key_id = $1 AND revoked_at IS NULL",
@@ -275,7 +275,7 @@ pub async fn insert_key(
     scope: Scope,
     name: &str,
 ) -> Result<bool, StoreError> {
-    let mut connection = pool.get().await?;
+    let mut connection = super::connections::checkout(pool).await?;
     let transaction = connection.transaction().await?;
     let tenant_opt = match scope {
         Scope::Tenant(tenant) => Some(tenant),
@@ -309,7 +309,7 @@ pub async fn insert_key(
 
 /// Revokes a key; `false` if no unrevoked key has this id.
 pub async fn revoke_key(pool: &Pool, actor: &Principal, key_id: Uuid) -> Result<bool, StoreError> {
-    let mut connection = pool.get().await?;
+    let mut connection = super::connections::checkout(pool).await?;
     let transaction = connection.transaction().await?;
     let row_opt = transaction
         .query_opt(

@@ -22,6 +22,8 @@ pub async fn run(config: &Config) -> anyhow::Result<Vec<String>> {
         .context("taking the migration lock")?;
     let outcome = embedded::migrations::runner()
         .set_abort_divergent(true)
+        // A migration numbered below one already applied would otherwise be skipped silently.
+        .set_abort_missing(true)
         .run_async(&mut client)
         .await;
     client

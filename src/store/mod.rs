@@ -3,7 +3,12 @@
 //! **Invariant:** only `store/` runs SQL. Fixed roles: [`connections`] opens pools and
 //! dedicated connections, [`migrations`] owns the schema, [`copy_encoder`] encodes records for
 //! binary `COPY`, [`staging`] makes submissions durable, [`chunk_writes`] applies staged chunks
-//! exactly once, [`queries`] answers reads, [`embedded`] runs the private cluster.
+//! exactly once, [`reads`] answers the dashboard's reads on the read pool, [`queries`] reads
+//! scans, [`embedded`] runs the private cluster.
+//!
+//! **Invariant:** every read of tenant data runs on the [`ReadPool`], as the `ingest_reader`
+//! role, inside a transaction that names its tenant ([`reads`]); row-level security then hides
+//! every other tenant's rows even from a query that forgot to filter.
 
 pub mod chunk_writes;
 pub mod connections;
@@ -13,9 +18,10 @@ pub mod embedded;
 pub mod governance;
 pub mod migrations;
 pub mod queries;
+pub mod reads;
 pub mod staging;
 
-pub use connections::{connect, Pool};
+pub use connections::{connect, Pool, ReadPool};
 
 /// A database failure, split into what may succeed if retried and what never will.
 #[derive(Debug, thiserror::Error)]

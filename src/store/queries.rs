@@ -1,9 +1,11 @@
-//! Read queries of the request path: scan status, scan lists, database health.
+//! Scan reads (status, lists) on the read pool, and the request pool's health ping.
 
 use chrono::{DateTime, Utc};
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::{Pool, StoreError};
+use super::reads::begin_tenant_read;
+use super::{Pool, ReadPool, StoreError};
 use crate::domain::{Priority, RecordError, ScanStatus, TenantId};
 
 /// The columns [`ScanRow::from_row`] reads.
@@ -51,45 +53,54 @@ impl ScanRow {
     }
 }
 
+/// A tenant's scan; `None` also for another tenant's scan, which row-level security hides.
 pub async fn scan(
-    pool: &Pool,
+    pool: &ReadPool,
     tenant_id: TenantId,
     scan_id: Uuid,
 ) -> Result<Option<ScanRow>, StoreError> {
-    let connection = pool.get().await?;
-    let row_opt = connection
-        .query_opt(
+    let mut connection = pool.get().await?;
+    let transaction = begin_tenant_read(&mut connection, tenant_id).await?;
+    let row_opt = transaction
+        .query_typed_opt(
             &format!("SELECT {SCAN_COLUMNS} FROM scans WHERE tenant_id = $1 AND scan_id = $2"),
-            &[&tenant_id.0, &scan_id],
+            &[(&tenant_id.0, Type::UUID), (&scan_id, Type::UUID)],
         )
         .await?;
+    transaction.commit().await?;
     row_opt.map(|row| ScanRow::from_row(&row)).transpose()
 }
 
 /// A tenant's most recent scans, optionally of one status.
 pub async fn scans(
-    pool: &Pool,
+    pool: &ReadPool,
     tenant_id: TenantId,
     status_opt: Option<ScanStatus>,
     limit: i64,
 ) -> Result<Vec<ScanRow>, StoreError> {
-    let connection = pool.get().await?;
+    let mut connection = pool.get().await?;
+    let transaction = begin_tenant_read(&mut connection, tenant_id).await?;
     let status_text_opt = status_opt.map(ScanStatus::as_str);
-    let rows = connection
-        .query(
+    let rows = transaction
+        .query_typed(
             &format!(
                 "SELECT {SCAN_COLUMNS} FROM scans WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2) \
                  ORDER BY created_at DESC LIMIT $3"
             ),
-            &[&tenant_id.0, &status_text_opt, &limit],
+            &[
+                (&tenant_id.0, Type::UUID),
+                (&status_text_opt, Type::TEXT),
+                (&limit, Type::INT8),
+            ],
         )
         .await?;
+    transaction.commit().await?;
     rows.iter().map(ScanRow::from_row).collect()
 }
 
-/// One round trip on a pool connection.
+/// One round trip on a request-pool connection.
 pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
-    let connection = pool.get().await?;
+    let connection = super::connections::checkout(pool).await?;
     connection.simple_query("SELECT 1").await?;
     Ok(())
 }
@@ -103,7 +114,7 @@ pub struct DatabaseStatistics {
 }
 
 pub async fn database_statistics(pool: &Pool) -> Result<DatabaseStatistics, StoreError> {
-    let connection = pool.get().await?;
+    let connection = super::connections::checkout(pool).await?;
     let row = connection
         .query_one(
             "SELECT coalesce(d.blks_hit::float8 / nullif(d.blks_hit + d.blks_read, 0), 1.0) AS cache_hit_ratio, \
@@ -121,7 +132,7 @@ pub async fn database_statistics(pool: &Pool) -> Result<DatabaseStatistics, Stor
 
 /// The tenants with the most staged records, largest first.
 pub async fn largest_backlogs(pool: &Pool, limit: i64) -> Result<Vec<(TenantId, i64)>, StoreError> {
-    let connection = pool.get().await?;
+    let connection = super::connections::checkout(pool).await?;
     let rows = connection
         .query(
             "SELECT tenant_id, sum(record_count)::bigint AS records FROM staged_chunks \

@@ -88,7 +88,7 @@ pub async fn stage_scan(
     new_scan: &NewScan,
     defaults: TenantDefaults,
 ) -> Result<StagedScan, StoreError> {
-    let mut connection = pool.get().await?;
+    let mut connection = super::connections::checkout(pool).await?;
     let transaction = connection.transaction().await?;
     ensure_tenant(&transaction, new_scan.tenant_id, defaults).await?;
     let tenant_uuid = new_scan.tenant_id.0;
@@ -239,7 +239,7 @@ pub async fn tenant_limits(
     tenant_id: TenantId,
     defaults: TenantDefaults,
 ) -> Result<TenantLimits, StoreError> {
-    let connection = pool.get().await?;
+    let connection = super::connections::checkout(pool).await?;
     ensure_tenant(&*connection, tenant_id, defaults).await?;
     let row = connection
         .query_one(
@@ -257,7 +257,7 @@ pub async fn tenant_limits(
 
 /// Records staged and not yet written, over all tenants.
 pub async fn total_backlog(pool: &Pool) -> Result<i64, StoreError> {
-    let connection = pool.get().await?;
+    let connection = super::connections::checkout(pool).await?;
     let row = connection
         .query_one(
             "SELECT coalesce(sum(record_count), 0)::bigint FROM staged_chunks",
@@ -272,7 +272,7 @@ pub async fn staged_chunk_refs(
     pool: &Pool,
     tenant_opt: Option<TenantId>,
 ) -> Result<Vec<ChunkRef>, StoreError> {
-    let connection = pool.get().await?;
+    let connection = super::connections::checkout(pool).await?;
     let tenant_uuid_opt = tenant_opt.map(|tenant| tenant.0);
     let rows = connection
         .query(

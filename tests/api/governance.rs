@@ -102,6 +102,28 @@ async fn tokens_and_scopes_decide_what_a_caller_may_do() {
         .unwrap();
     assert_error(response, 403, "tenant_out_of_scope").await;
 
+    for read in [
+        "/analytics/compliance-summary",
+        "/analytics/processing-activities",
+    ] {
+        let response = app
+            .request_as(
+                Method::GET,
+                &format!("{read}?tenant_id={tenant_b}"),
+                Some(&key_a),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 403, "tenant_out_of_scope").await;
+        let response = app
+            .request_as(Method::GET, &format!("{read}?tenant_id={tenant_a}"), None)
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 401, "missing_token").await;
+    }
+
     // Another tenant's scan is a 404, never a hint that it exists.
     let scan_b: Value = scan_as(&app, Some(&service_key), tenant_b, 5)
         .await

@@ -18,6 +18,10 @@ async fn database_health_reports_a_healthy_database() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["status"], "healthy");
     assert_eq!(body["status_vi"], "hoạt động tốt");
+    // Both pools answered; the read pool's connections act as the row-level-secured role.
+    assert_eq!(body["write_pool"]["ok"], true, "{body}");
+    assert_eq!(body["read_pool"]["ok"], true, "{body}");
+    assert_eq!(body["read_pool"]["role"], "ingest_reader", "{body}");
     assert_eq!(body["writers"]["count"], 2);
     app.stop().await;
 }

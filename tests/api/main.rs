@@ -7,5 +7,6 @@ mod governance;
 mod health;
 mod helpers;
 mod process;
+mod reads;
 mod recovery;
 mod scans;
