@@ -8,6 +8,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
+use crate::report::number_en;
 use crate::statistics::{LatencyHistogram, TimelinePoint, CHART_QUANTILES};
 
 const CHART_SIZE: (u32, u32) = (1200, 960);
@@ -77,6 +78,7 @@ where
         .configure_mesh()
         .x_desc("seconds since the start / giây kể từ lúc bắt đầu")
         .y_desc("records/s")
+        .y_label_formatter(&|records: &f64| number_en(*records, 0))
         .draw()?;
     for (index, series) in timelines.iter().enumerate() {
         let color = Palette99::pick(index).to_rgba();

@@ -26,7 +26,7 @@ use crate::cli::{
     BaselineOptions, BatchOptions, Cli, FairnessOptions, MixedOptions, ScansOptions, Scenario,
 };
 use crate::engine_client::{port_of_url, EngineClient};
-use crate::report::ScenarioReport;
+use crate::report::{MachineReport, ScenarioReport};
 use crate::scenarios::Context;
 
 /// Idle HTTP connections kept per engine: enough for the largest default burst (100 tenants).
@@ -78,10 +78,15 @@ async fn run(cli: Cli) -> ExitCode {
             engine_pid_error_opt: context.engine_pid_error_opt.clone(),
             command_line: context.command_line.clone(),
         };
-        let report = run_scenario(&scenario_context, scenario).await;
-        let latencies = scenario_context.client.recorder.success_histograms();
+        let load_average_before = report::load_average();
+        let mut report = run_scenario(&scenario_context, scenario).await;
+        report.machine_opt = Some(MachineReport {
+            cores: std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+            load_average_before,
+            load_average_after: report::load_average(),
+        });
         report.print_summary();
-        match report.write(&context.global.report_dir, &latencies) {
+        match report.write(&context.global.report_dir) {
             Ok(written) => {
                 println!("  report / báo cáo: {}", written.json_path.display());
                 if let Some(chart_path) = &written.chart_path_opt {

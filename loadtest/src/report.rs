@@ -16,7 +16,7 @@ use crate::memory::MemoryReport;
 use crate::statistics::{EndpointReport, LatencyHistogram, LatencySummary, TimelinePoint};
 
 /// Everything a scenario measured and verified.
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 pub struct ScenarioReport {
     pub scenario: &'static str,
     pub passed: bool,
@@ -55,6 +55,34 @@ pub struct ScenarioReport {
     pub notes: Vec<String>,
     pub summary_en: Vec<String>,
     pub summary_vi: Vec<String>,
+    /// Filled by `main` around the scenario: how busy the machine was.
+    #[serde(rename = "machine", skip_serializing_if = "Option::is_none")]
+    pub machine_opt: Option<MachineReport>,
+    /// Each endpoint's latencies of 2xx answers, for the chart (the JSON has their summaries).
+    #[serde(skip)]
+    pub success_latencies: Vec<(String, LatencyHistogram)>,
+}
+
+/// The machine the run shared: the engine, its PostgreSQL and the load test all run on it, and
+/// anything else running (a build, a test suite) lowers every figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineReport {
+    pub cores: usize,
+    /// `/proc/loadavg` (1, 5 and 15 minutes) just before and just after the scenario.
+    pub load_average_before: String,
+    pub load_average_after: String,
+}
+
+/// `/proc/loadavg`'s three averages, or a note that it could not be read.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|error| format!("unreadable: {error}"))
 }
 
 /// The generated data, made before any timing.
@@ -101,11 +129,7 @@ pub struct WrittenReport {
 
 impl ScenarioReport {
     /// Writes the JSON report and its chart into `directory`.
-    pub fn write(
-        &self,
-        directory: &Path,
-        latencies: &[(String, LatencyHistogram)],
-    ) -> Result<WrittenReport, String> {
+    pub fn write(&self, directory: &Path) -> Result<WrittenReport, String> {
         std::fs::create_dir_all(directory)
             .map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
         let stem = format!(
@@ -136,7 +160,7 @@ impl ScenarioReport {
             self.started_at.format("%Y-%m-%d %H:%M:%S UTC")
         );
         let (chart_path_opt, chart_error_opt) =
-            match chart::write_chart(&chart_path, &title, &timelines, latencies) {
+            match chart::write_chart(&chart_path, &title, &timelines, &self.success_latencies) {
                 Ok(()) => (Some(chart_path), None),
                 Err(error) => (None, Some(error)),
             };

@@ -85,6 +85,8 @@ pub async fn run(context: &Context, options: &BaselineOptions) -> ScenarioReport
         ],
         summary_en,
         summary_vi,
+        success_latencies: Vec::new(),
+        machine_opt: None,
     }
 }
 

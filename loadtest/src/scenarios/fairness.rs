@@ -268,6 +268,10 @@ pub async fn run(context: &Context, options: &FairnessOptions) -> ScenarioReport
     for (name, report) in backlog_client.recorder.reports() {
         endpoints.insert(format!("{name} (backlog)"), report);
     }
+    let mut success_latencies = context.client.recorder.success_histograms();
+    for (name, histogram) in backlog_client.recorder.success_histograms() {
+        success_latencies.push((format!("{name} (backlog)"), histogram));
+    }
 
     let (mut summary_en, mut summary_vi) = (Vec::new(), Vec::new());
     let backlog_seconds_text_en = backlog_completion_seconds_opt
@@ -341,5 +345,7 @@ pub async fn run(context: &Context, options: &FairnessOptions) -> ScenarioReport
         ],
         summary_en,
         summary_vi,
+        success_latencies,
+        machine_opt: None,
     }
 }

@@ -316,6 +316,8 @@ pub async fn run(context: &Context, options: &MixedOptions) -> ScenarioReport {
         notes,
         summary_en,
         summary_vi,
+        success_latencies: context.client.recorder.success_histograms(),
+        machine_opt: None,
     }
 }
 

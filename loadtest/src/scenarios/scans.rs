@@ -273,5 +273,7 @@ pub async fn run(context: &Context, options: &ScansOptions) -> ScenarioReport {
         ],
         summary_en,
         summary_vi,
+        success_latencies: context.client.recorder.success_histograms(),
+        machine_opt: None,
     }
 }
