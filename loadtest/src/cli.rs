@@ -59,6 +59,11 @@ pub struct GlobalOptions {
     /// Longest a scenario waits for its scans to finish before it reports them unfinished.
     #[arg(long, global = true, default_value_t = 900)]
     pub timeout_secs: u64,
+    /// Attempts per scan or batch submission while the engine answers 429 or 503 (each then
+    /// waits the answer's Retry-After); 1 reports the first refusal as final. `mixed` never
+    /// retries: its refusals are part of what it measures.
+    #[arg(long, global = true, default_value_t = 5)]
+    pub max_attempts: u32,
     /// Longest one HTTP request may take.
     #[arg(long, global = true, default_value_t = 300)]
     pub request_timeout_secs: u64,

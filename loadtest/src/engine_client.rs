@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -37,6 +37,48 @@ pub struct EngineClient {
 pub struct Exchange {
     pub status: u16,
     pub body: Bytes,
+    /// The `Retry-After` header in seconds, when present.
+    pub retry_after_opt: Option<Duration>,
+}
+
+/// Longest wait honoured from a `Retry-After`, so a wrong header cannot stall a run.
+const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// Wait before retrying a 429 or 503 that names no `Retry-After`.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Sends a request up to `max_attempts` times while the engine answers 429 or 503, waiting its
+/// `Retry-After` in between, as a well-behaved client does. Both statuses mean the request
+/// changed nothing (SPEC section 3), so a retry cannot duplicate records. Any other answer, or
+/// no answer at all, is returned at once. Returns the last outcome and the attempts made.
+pub async fn with_retries<Send, Attempt>(
+    max_attempts: u32,
+    mut send: Send,
+) -> (Result<Exchange, String>, u32)
+where
+    Send: FnMut() -> Attempt,
+    Attempt: std::future::Future<Output = Result<Exchange, String>>,
+{
+    let mut attempts = 1;
+    loop {
+        let outcome = send().await;
+        let wait_opt = match &outcome {
+            Ok(exchange) if exchange.status == 429 || exchange.status == 503 => Some(
+                exchange
+                    .retry_after_opt
+                    .unwrap_or(DEFAULT_RETRY_AFTER)
+                    .min(LONGEST_RETRY_AFTER),
+            ),
+            _ => None,
+        };
+        match wait_opt {
+            Some(wait) if attempts < max_attempts => {
+                tokio::time::sleep(wait).await;
+                attempts += 1;
+            }
+            _ => return (outcome, attempts),
+        }
+    }
 }
 
 /// The 202 answer to a scan.
@@ -166,17 +208,30 @@ impl EngineClient {
         let outcome = match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
-                response.bytes().await.map(|body| (status, body))
+                let retry_after_opt = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|text| text.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                response
+                    .bytes()
+                    .await
+                    .map(|body| (status, body, retry_after_opt))
             }
             Err(error) => Err(error),
         };
         let latency = started.elapsed();
         match outcome {
-            Ok((status, body)) => {
+            Ok((status, body, retry_after_opt)) => {
                 let refusal_body_opt = (!(200..300).contains(&status)).then_some(&body[..]);
                 self.recorder
                     .record_response(endpoint, status, latency, refusal_body_opt);
-                Ok(Exchange { status, body })
+                Ok(Exchange {
+                    status,
+                    body,
+                    retry_after_opt,
+                })
             }
             Err(error) => {
                 let description = describe_transport_error(&error);
@@ -213,6 +268,30 @@ pub fn port_of_url(url: &str) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answer(status: u16) -> Result<Exchange, String> {
+        Ok(Exchange {
+            status,
+            body: Bytes::new(),
+            retry_after_opt: Some(Duration::from_millis(1)),
+        })
+    }
+
+    #[tokio::test]
+    async fn only_429_and_503_are_retried_and_attempts_are_bounded() {
+        let statuses = std::sync::Mutex::new(vec![201, 503, 429]);
+        let (outcome, attempts) = with_retries(5, || async {
+            answer(statuses.lock().unwrap().pop().unwrap())
+        })
+        .await;
+        assert_eq!((outcome.unwrap().status, attempts), (201, 3));
+
+        let (outcome, attempts) = with_retries(2, || async { answer(503) }).await;
+        assert_eq!((outcome.unwrap().status, attempts), (503, 2));
+
+        let (outcome, attempts) = with_retries(5, || async { answer(404) }).await;
+        assert_eq!((outcome.unwrap().status, attempts), (404, 1));
+    }
 
     #[test]
     fn ports_are_read_from_engine_urls() {

@@ -19,7 +19,7 @@ use super::{finish_memory, generate_in_parallel, progress_bar, Context};
 use crate::cli::BatchOptions;
 use crate::data::{batch_body, generate_records};
 use crate::database;
-use crate::engine_client::{BatchCreated, SUBMIT_BATCH};
+use crate::engine_client::{with_retries, BatchCreated, SUBMIT_BATCH};
 use crate::report::{
     common_summary_lines, number_en, number_vi, DataReport, ScenarioReport, Throughput,
 };
@@ -36,6 +36,8 @@ struct BatchDetails {
     records_created: i64,
     /// Records the 201 answers report as failed (all generated records are valid: should be 0).
     records_failed: i64,
+    /// Batches answered 429 or 503 at first and sent again after the Retry-After.
+    retried_batches: usize,
     /// 201 answers whose `records_created` differs from the batch's size.
     short_batches: usize,
     /// From the first request to the last answer.
@@ -76,6 +78,7 @@ pub async fn run(context: &Context, options: &BatchOptions) -> ScenarioReport {
     let timeline = Arc::new(Timeline::starting_at(started));
     let expected_rows = Arc::new(Mutex::new(BTreeMap::<Uuid, i64>::new()));
     let details = Arc::new(Mutex::new(BatchDetails::default()));
+    let max_attempts = context.global.max_attempts;
     let tasks: Vec<_> = per_client
         .into_iter()
         .map(|client_batches| {
@@ -84,7 +87,11 @@ pub async fn run(context: &Context, options: &BatchOptions) -> ScenarioReport {
             let (expected_rows, details) = (expected_rows.clone(), details.clone());
             tokio::spawn(async move {
                 for (tenant_id, body) in client_batches {
-                    let created_opt = match client.submit_batch(tenant_id, body).await {
+                    let (outcome, attempts) = with_retries(max_attempts, || {
+                        client.submit_batch(tenant_id, body.clone())
+                    })
+                    .await;
+                    let created_opt = match outcome {
                         Ok(exchange) if exchange.status == 201 => {
                             serde_json::from_slice::<BatchCreated>(&exchange.body).ok()
                         }
@@ -92,6 +99,7 @@ pub async fn run(context: &Context, options: &BatchOptions) -> ScenarioReport {
                     };
                     let mut totals = details.lock().expect("no code panics holding this lock");
                     totals.batches_sent += 1;
+                    totals.retried_batches += usize::from(attempts > 1);
                     // A refused batch wrote nothing (SPEC: 201 only once committed; 429 and 503
                     // say nothing was written), so its tenant must have no row.
                     let created = created_opt

@@ -116,6 +116,7 @@ pub async fn run(context: &Context, options: &FairnessOptions) -> ScenarioReport
         timeline: timeline.clone(),
         progress: progress.clone(),
         records_done: backlog_done.clone(),
+        max_attempts: context.global.max_attempts,
     };
     let small_watch = ScanWatch {
         client: context.client.clone(),
@@ -124,6 +125,7 @@ pub async fn run(context: &Context, options: &FairnessOptions) -> ScenarioReport
         timeline: timeline.clone(),
         progress: progress.clone(),
         records_done: Arc::new(AtomicI64::new(0)),
+        max_attempts: context.global.max_attempts,
     };
 
     // The backlog is submitted scan after scan, as one scanner would, and followed in the

@@ -439,6 +439,7 @@ impl Traffic<'_> {
                 scan_id_opt: Some(accepted.scan_id),
                 records_sent: self.scan_records,
                 submitted_at,
+                submit_attempts: 1,
                 final_status: "pending".to_string(),
                 records_processed: 0,
                 records_failed: 0,
@@ -464,6 +465,7 @@ async fn warm_up(
         timeline: Arc::new(Timeline::starting_at(Instant::now())),
         progress: progress.clone(),
         records_done: Arc::new(AtomicI64::new(0)),
+        max_attempts: context.global.max_attempts,
     };
     let tasks: Vec<_> = tenant_ids
         .iter()
@@ -504,6 +506,7 @@ async fn drain(context: &Context, accepted_scans: Vec<FollowedScan>) -> Vec<Foll
         timeline: Arc::new(Timeline::starting_at(Instant::now())),
         progress: progress.clone(),
         records_done: Arc::new(AtomicI64::new(0)),
+        max_attempts: context.global.max_attempts,
     };
     let tasks: Vec<_> = accepted_scans
         .into_iter()

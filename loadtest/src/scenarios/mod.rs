@@ -21,7 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use uuid::Uuid;
 
 use crate::cli::GlobalOptions;
-use crate::engine_client::{EngineClient, ScanAccepted, ScanState};
+use crate::engine_client::{with_retries, EngineClient, ScanAccepted, ScanState};
 use crate::memory::{MemoryReport, MemorySampler};
 use crate::statistics::Timeline;
 
@@ -88,6 +88,8 @@ pub struct FollowedScan {
     pub scan_id_opt: Option<Uuid>,
     pub records_sent: usize,
     pub submitted_at: DateTime<Utc>,
+    /// Submissions made: more than 1 when the engine answered 429 or 503 first.
+    pub submit_attempts: u32,
     /// `completed`, `completed_with_errors`, `failed`, or what kept the load test from knowing:
     /// `refused <status>`, `no response`, `unreadable answer`, `timed out`, `status unreadable`.
     pub final_status: String,
@@ -129,6 +131,8 @@ pub struct ScanWatch {
     pub progress: ProgressBar,
     /// Records processed or failed so far across the scans this watch follows.
     pub records_done: Arc<AtomicI64>,
+    /// See `--max-attempts`.
+    pub max_attempts: u32,
 }
 
 impl ScanWatch {
@@ -145,19 +149,24 @@ impl ScanWatch {
         }
     }
 
-    /// Submits one scan; a refused one comes back with no scan id and its reason.
+    /// Submits one scan (retrying 429 and 503, see [`with_retries`]); a refused one comes
+    /// back with no scan id and its reason.
     pub async fn submit(&self, tenant_id: Uuid, body: Bytes, records_sent: usize) -> FollowedScan {
         let mut followed = FollowedScan {
             tenant_id,
             scan_id_opt: None,
             records_sent,
             submitted_at: Utc::now(),
+            submit_attempts: 0,
             final_status: String::new(),
             records_processed: 0,
             records_failed: 0,
             finished_at_opt: None,
         };
-        match self.client.submit_scan(body).await {
+        let (outcome, attempts) =
+            with_retries(self.max_attempts, || self.client.submit_scan(body.clone())).await;
+        followed.submit_attempts = attempts;
+        match outcome {
             Err(_) => followed.final_status = "no response".to_string(),
             Ok(exchange) if exchange.status != 202 => {
                 followed.final_status = format!("refused {}", exchange.status);

@@ -28,6 +28,8 @@ use crate::statistics::{round_to_thousandths, summarize_seconds, SecondsSummary,
 struct ScansDetails {
     scans_submitted: usize,
     scans_accepted: usize,
+    /// Scans answered 429 or 503 at first and submitted again after the Retry-After.
+    scans_retried: usize,
     scans_by_final_status: BTreeMap<String, usize>,
     /// From the first submission to the last scan's completion.
     end_to_end_seconds: f64,
@@ -79,6 +81,7 @@ pub async fn run(context: &Context, options: &ScansOptions) -> ScenarioReport {
         timeline: Arc::new(Timeline::starting_at(started)),
         progress: progress.clone(),
         records_done: Arc::new(AtomicI64::new(0)),
+        max_attempts: context.global.max_attempts,
     };
     let tasks: Vec<_> = bodies
         .into_iter()
@@ -167,6 +170,10 @@ pub async fn run(context: &Context, options: &ScansOptions) -> ScenarioReport {
             .iter()
             .filter(|completion| completion.scan.was_accepted())
             .count(),
+        scans_retried: completions
+            .iter()
+            .filter(|completion| completion.scan.submit_attempts > 1)
+            .count(),
         scans_by_final_status,
         end_to_end_seconds: round_to_thousandths(end_to_end_seconds),
         completion_seconds_opt: summarize_seconds(&completion_seconds),
@@ -199,18 +206,24 @@ pub async fn run(context: &Context, options: &ScansOptions) -> ScenarioReport {
     if let Some(submit) = endpoints.get(SUBMIT_SCAN) {
         let latency = &submit.latency_success;
         summary_en.push(format!(
-            "POST /data-scans latency (202): p50 {} ms, p95 {} ms, p99 {} ms, max {} ms.",
+            "POST /data-scans latency (202): p50 {} ms, p95 {} ms, p99 {} ms, max {} ms; statuses of all {} attempts {:?} ({} scans retried after 429/503).",
             number_en(latency.p50_ms, 1),
             number_en(latency.p95_ms, 1),
             number_en(latency.p99_ms, 1),
             number_en(latency.max_ms, 1),
+            submit.requests,
+            submit.statuses,
+            details.scans_retried,
         ));
         summary_vi.push(format!(
-            "Độ trễ POST /data-scans (202): p50 {} ms, p95 {} ms, p99 {} ms, tối đa {} ms.",
+            "Độ trễ POST /data-scans (202): p50 {} ms, p95 {} ms, p99 {} ms, tối đa {} ms; mã trạng thái của cả {} lần gửi {:?} ({} lượt quét được gửi lại sau 429/503).",
             number_vi(latency.p50_ms, 1),
             number_vi(latency.p95_ms, 1),
             number_vi(latency.p99_ms, 1),
             number_vi(latency.max_ms, 1),
+            submit.requests,
+            submit.statuses,
+            details.scans_retried,
         ));
     }
     if let Some(completion) = &details.completion_seconds_opt {
