@@ -97,6 +97,7 @@ where
     if !timelines.is_empty() {
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
             .border_style(BLACK)
             .background_style(WHITE.mix(0.85))
             .draw()?;

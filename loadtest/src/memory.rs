@@ -22,6 +22,9 @@ const ENGINE_PROCESS_NAME: &str = "ingest-engine";
 #[derive(Debug, Clone, Serialize)]
 pub struct MemoryReport {
     pub engine_pid: u32,
+    /// `VmRSS` when the scenario started, in KiB: memory an earlier run left mapped counts in
+    /// the peak too, so the peak is read against this.
+    pub rss_at_start_kib: u64,
     /// Largest `VmRSS` sampled during the scenario, in KiB.
     pub peak_rss_sampled_kib: u64,
     /// `VmHWM` at the end: peak resident memory since the engine started, in KiB.
@@ -34,6 +37,7 @@ pub struct MemoryReport {
 /// Samples an engine's resident memory on a background task until [`MemorySampler::finish`].
 pub struct MemorySampler {
     engine_pid: u32,
+    rss_at_start_kib: u64,
     /// Set by `finish`; the sampling task sees it at its next tick and ends.
     stop: Arc<AtomicBool>,
     peak_rss_kib: Arc<AtomicU64>,
@@ -43,6 +47,7 @@ pub struct MemorySampler {
 
 impl MemorySampler {
     pub fn start(engine_pid: u32) -> MemorySampler {
+        let rss_at_start_kib = read_memory_status(engine_pid).map_or(0, |status| status.rss_kib);
         let stop = Arc::new(AtomicBool::new(false));
         let peak_rss_kib = Arc::new(AtomicU64::new(0));
         let samples = Arc::new(AtomicU64::new(0));
@@ -62,6 +67,7 @@ impl MemorySampler {
         });
         MemorySampler {
             engine_pid,
+            rss_at_start_kib,
             stop,
             peak_rss_kib,
             samples,
@@ -77,6 +83,7 @@ impl MemorySampler {
         let status = read_memory_status(self.engine_pid)?;
         Some(MemoryReport {
             engine_pid: self.engine_pid,
+            rss_at_start_kib: self.rss_at_start_kib,
             peak_rss_sampled_kib: self
                 .peak_rss_kib
                 .load(Ordering::Relaxed)

@@ -225,12 +225,14 @@ pub fn common_summary_lines(
     }
     if let Some(memory) = memory_opt {
         english.push(format!(
-            "Engine memory: peak RSS {} MiB during the run (VmHWM since start {} MiB).",
+            "Engine memory: RSS {} MiB at the start, peak {} MiB during the run (VmHWM since the engine started {} MiB).",
+            number_en(memory.rss_at_start_kib as f64 / 1024.0, 1),
             number_en(memory.peak_rss_sampled_kib as f64 / 1024.0, 1),
             number_en(memory.vm_hwm_kib as f64 / 1024.0, 1),
         ));
         vietnamese.push(format!(
-            "Bộ nhớ của engine: RSS cao nhất {} MiB trong lần chạy (VmHWM từ khi khởi động {} MiB).",
+            "Bộ nhớ của engine: RSS {} MiB lúc bắt đầu, cao nhất {} MiB trong lần chạy (VmHWM từ khi engine khởi động {} MiB).",
+            number_vi(memory.rss_at_start_kib as f64 / 1024.0, 1),
             number_vi(memory.peak_rss_sampled_kib as f64 / 1024.0, 1),
             number_vi(memory.vm_hwm_kib as f64 / 1024.0, 1),
         ));
