@@ -187,7 +187,7 @@ pub struct FairnessOptions {
     /// Records in each backlog scan (the engine accepts at most 100,000).
     #[arg(long, default_value_t = DEFAULT_BACKLOG_SCAN_RECORDS)]
     pub backlog_scan_records: usize,
-    /// Other tenants, each submitting one small scan once the backlog is accepted.
+    /// Other tenants, each submitting one small scan, from the first backlog scan's acceptance on.
     #[arg(long, default_value_t = DEFAULT_SMALL_TENANTS)]
     pub small_tenants: usize,
     /// Records in each small scan.

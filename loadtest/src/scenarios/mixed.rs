@@ -440,6 +440,7 @@ impl Traffic<'_> {
                 records_sent: self.scan_records,
                 submitted_at,
                 submit_attempts: 1,
+                submit_seconds: 0.0,
                 final_status: "pending".to_string(),
                 records_processed: 0,
                 records_failed: 0,

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::cli::GlobalOptions;
 use crate::engine_client::{with_retries, EngineClient, ScanAccepted, ScanState};
 use crate::memory::{MemoryReport, MemorySampler};
-use crate::statistics::Timeline;
+use crate::statistics::{round_to_thousandths, Timeline};
 
 /// Consecutive unreadable status answers after which a scan is given up as "status unreadable"
 /// rather than polled until the deadline.
@@ -90,6 +90,8 @@ pub struct FollowedScan {
     pub submitted_at: DateTime<Utc>,
     /// Submissions made: more than 1 when the engine answered 429 or 503 first.
     pub submit_attempts: u32,
+    /// From sending the first attempt to the last answer (or giving up).
+    pub submit_seconds: f64,
     /// `completed`, `completed_with_errors`, `failed`, or what kept the load test from knowing:
     /// `refused <status>`, `no response`, `unreadable answer`, `timed out`, `status unreadable`.
     pub final_status: String,
@@ -158,14 +160,17 @@ impl ScanWatch {
             records_sent,
             submitted_at: Utc::now(),
             submit_attempts: 0,
+            submit_seconds: 0.0,
             final_status: String::new(),
             records_processed: 0,
             records_failed: 0,
             finished_at_opt: None,
         };
+        let submit_started = Instant::now();
         let (outcome, attempts) =
             with_retries(self.max_attempts, || self.client.submit_scan(body.clone())).await;
         followed.submit_attempts = attempts;
+        followed.submit_seconds = round_to_thousandths(submit_started.elapsed().as_secs_f64());
         match outcome {
             Err(_) => followed.final_status = "no response".to_string(),
             Ok(exchange) if exchange.status != 202 => {
