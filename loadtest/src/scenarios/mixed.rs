@@ -24,7 +24,8 @@ use crate::cli::{MixedOptions, WriteKind};
 use crate::data::{batch_body, generate_records, scan_body, SplitMix64};
 use crate::database;
 use crate::engine_client::{
-    BatchCreated, EngineClient, ScanAccepted, ACTIVITIES_PAGE, COMPLIANCE_SUMMARY,
+    BatchCreated, EngineClient, ScanAccepted, ACTIVITIES_PAGE, COMPLIANCE_SUMMARY, SUBMIT_BATCH,
+    SUBMIT_SCAN,
 };
 use crate::report::{
     common_summary_lines, number_en, number_vi, DataReport, ScenarioReport, Throughput,
@@ -261,7 +262,12 @@ pub async fn run(context: &Context, options: &MixedOptions) -> ScenarioReport {
         number_vi(details.records_acknowledged as f64, 0),
         number_vi(engine_throughput.records_per_second, 0),
     ));
-    for endpoint in [ACTIVITIES_PAGE, COMPLIANCE_SUMMARY] {
+    for endpoint in [
+        ACTIVITIES_PAGE,
+        COMPLIANCE_SUMMARY,
+        SUBMIT_BATCH,
+        SUBMIT_SCAN,
+    ] {
         if let Some(report) = endpoints.get(endpoint) {
             let latency = &report.latency_all;
             summary_en.push(format!(
@@ -278,6 +284,16 @@ pub async fn run(context: &Context, options: &MixedOptions) -> ScenarioReport {
             ));
         }
     }
+    summary_en.push(format!(
+        "After the window, the accepted scans took {} s more to finish ({} unfinished).",
+        number_en(details.drain_seconds, 2),
+        details.scans_unfinished,
+    ));
+    summary_vi.push(format!(
+        "Sau khoảng thời gian đo, các lượt quét đã được chấp nhận cần thêm {} giây để hoàn thành ({} lượt chưa xong).",
+        number_vi(details.drain_seconds, 2),
+        details.scans_unfinished,
+    ));
     let (english, vietnamese) = common_summary_lines(&verification, memory_opt.as_ref());
     summary_en.extend(english);
     summary_vi.extend(vietnamese);
