@@ -136,7 +136,9 @@ where
         .y_label_area_size(90)
         .build_cartesian_2d(
             -0.2f64..last_quantile + 0.2,
-            (fastest_ms / 2.0..slowest_ms * 2.0).log_scale(),
+            // log10 of milliseconds on a linear axis: plotters' own log axis labels only
+            // powers of ten, which leaves one label or none when latencies span one decade.
+            (fastest_ms / 1.5).log10()..(slowest_ms * 1.5).log10(),
         )?;
     chart
         .configure_mesh()
@@ -154,6 +156,8 @@ where
         })
         .x_desc("percentile / phân vị")
         .y_desc("ms")
+        .y_labels(10)
+        .y_label_formatter(&|log_ms: &f64| milliseconds_label(10f64.powf(*log_ms)))
         .draw()?;
     for (index, (name, histogram)) in drawn.iter().enumerate() {
         let color = Palette99::pick(index).to_rgba();
@@ -161,7 +165,8 @@ where
             .iter()
             .enumerate()
             .map(|(position, (quantile, _))| {
-                (position as f64, histogram.quantile_ms(*quantile).max(0.01))
+                let milliseconds = histogram.quantile_ms(*quantile).max(0.01);
+                (position as f64, milliseconds.log10())
             })
             .collect();
         chart
@@ -185,4 +190,54 @@ where
             .draw()?;
     }
     Ok(())
+}
+
+/// A latency axis label: whole milliseconds from 100 ms, fewer digits lost below.
+fn milliseconds_label(milliseconds: f64) -> String {
+    if milliseconds >= 100.0 {
+        number_en(milliseconds, 0)
+    } else if milliseconds >= 1.0 {
+        number_en(milliseconds, 1)
+    } else {
+        number_en(milliseconds, 2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::statistics::TimelinePoint;
+    use std::time::Duration;
+
+    #[test]
+    fn a_chart_is_drawn_without_any_font_or_system_library() {
+        let mut narrow = LatencyHistogram::new();
+        let mut wide = LatencyHistogram::new();
+        for step in 0..500u64 {
+            narrow.record(Duration::from_millis(2_000 + step * 15));
+            wide.record(Duration::from_micros(300 + step * step * 40));
+        }
+        let points: Vec<TimelinePoint> = (0..20)
+            .map(|second| TimelinePoint {
+                second,
+                records: 40_000 + second * 1_000,
+            })
+            .collect();
+        let path = std::env::temp_dir().join(format!("loadtest-chart-{}.svg", std::process::id()));
+        let outcome = write_chart(
+            &path,
+            "loadtest — biểu đồ thử",
+            &[TimelineSeries {
+                name: "engine".to_string(),
+                points: &points,
+            }],
+            &[("narrow".to_string(), narrow), ("wide".to_string(), wide)],
+        );
+        let svg = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(outcome, Ok(()));
+        assert!(svg.starts_with("<svg"));
+        assert!(svg.contains("biểu đồ thử"));
+        assert!(svg.contains("p99.9"));
+    }
 }

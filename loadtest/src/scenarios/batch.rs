@@ -15,7 +15,10 @@ use chrono::Utc;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{finish_memory, generate_in_parallel, progress_bar, Context};
+use super::{
+    finish_insert_sampler, finish_memory, generate_in_parallel, progress_bar, start_insert_sampler,
+    Context, TIMELINE_NOTE,
+};
 use crate::cli::BatchOptions;
 use crate::data::{batch_body, generate_records};
 use crate::database;
@@ -23,7 +26,7 @@ use crate::engine_client::{with_retries, BatchCreated, SUBMIT_BATCH};
 use crate::report::{
     common_summary_lines, number_en, number_vi, DataReport, ScenarioReport, Throughput,
 };
-use crate::statistics::{round_to_thousandths, Timeline};
+use crate::statistics::round_to_thousandths;
 
 /// Where the data streams of this scenario start, so its records differ from the scans'.
 const BATCH_STREAM_OFFSET: u64 = 1_000_000;
@@ -73,17 +76,16 @@ pub async fn run(context: &Context, options: &BatchOptions) -> ScenarioReport {
 
     let progress = progress_bar(data.records, "engine batches");
     let memory_sampler_opt = context.start_memory_sampler();
+    let insert_sampler = start_insert_sampler(context).await;
     let started_at = Utc::now();
     let started = Instant::now();
-    let timeline = Arc::new(Timeline::starting_at(started));
     let expected_rows = Arc::new(Mutex::new(BTreeMap::<Uuid, i64>::new()));
     let details = Arc::new(Mutex::new(BatchDetails::default()));
     let max_attempts = context.global.max_attempts;
     let tasks: Vec<_> = per_client
         .into_iter()
         .map(|client_batches| {
-            let (client, timeline, progress) =
-                (context.client.clone(), timeline.clone(), progress.clone());
+            let (client, progress) = (context.client.clone(), progress.clone());
             let (expected_rows, details) = (expected_rows.clone(), details.clone());
             tokio::spawn(async move {
                 for (tenant_id, body) in client_batches {
@@ -112,7 +114,6 @@ pub async fn run(context: &Context, options: &BatchOptions) -> ScenarioReport {
                         if answer.records_created != batch_size as i64 {
                             totals.short_batches += 1;
                         }
-                        timeline.add(answer.records_created.max(0) as u64);
                         progress.inc(answer.records_created.max(0) as u64);
                     }
                     expected_rows
@@ -133,6 +134,12 @@ pub async fn run(context: &Context, options: &BatchOptions) -> ScenarioReport {
             .lock()
             .expect("no code panics holding this lock"),
     );
+    let mut notes = vec![
+        "Each batch is posted for its own fresh tenant, so (tenant_id, NULL scan_id, record_index) identifies a record and the duplicate check is meaningful.".to_string(),
+        TIMELINE_NOTE.to_string(),
+    ];
+    let timeline =
+        finish_insert_sampler(insert_sampler, expected_rows.values().sum(), &mut notes).await;
     let verification = database::verify(&context.database_url, &expected_rows).await;
     let mut details =
         std::mem::take(&mut *details.lock().expect("no code panics holding this lock"));
@@ -213,11 +220,8 @@ pub async fn run(context: &Context, options: &BatchOptions) -> ScenarioReport {
         memory_opt,
         memory_error_opt,
         verification,
-        timeline: timeline.points(),
-        notes: vec![
-            "Each batch is posted for its own fresh tenant, so (tenant_id, NULL scan_id, record_index) identifies a record and the duplicate check is meaningful.".to_string(),
-            "The timeline counts records when their 201 arrives.".to_string(),
-        ],
+        timeline,
+        notes,
         summary_en,
         summary_vi,
         success_latencies: context.client.recorder.success_histograms(),

@@ -15,14 +15,17 @@ use chrono::Utc;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{finish_memory, generate_in_parallel, progress_bar, Context, FollowedScan, ScanWatch};
+use super::{
+    finish_insert_sampler, finish_memory, generate_in_parallel, progress_bar, start_insert_sampler,
+    Context, FollowedScan, ScanWatch, TIMELINE_NOTE,
+};
 use crate::cli::FairnessOptions;
 use crate::data::{generate_records, scan_body};
 use crate::database;
 use crate::report::{
     common_summary_lines, number_en, number_vi, DataReport, ScenarioReport, Throughput,
 };
-use crate::statistics::{round_to_thousandths, summarize_seconds, SecondsSummary, Timeline};
+use crate::statistics::{round_to_thousandths, summarize_seconds, SecondsSummary};
 
 /// Where the data streams of this scenario start, so its records differ from the others'.
 const FAIRNESS_STREAM_OFFSET: u64 = 3_000_000;
@@ -105,9 +108,9 @@ pub async fn run(context: &Context, options: &FairnessOptions) -> ScenarioReport
 
     let progress = progress_bar(data.records, "fairness");
     let memory_sampler_opt = context.start_memory_sampler();
+    let insert_sampler = start_insert_sampler(context).await;
     let started_at = Utc::now();
     let started = Instant::now();
-    let timeline = Arc::new(Timeline::starting_at(started));
     let deadline = started + context.timeout();
     let backlog_done = Arc::new(AtomicI64::new(0));
     let backlog_client = context.client.with_fresh_statistics();
@@ -115,7 +118,6 @@ pub async fn run(context: &Context, options: &FairnessOptions) -> ScenarioReport
         client: backlog_client.clone(),
         poll_interval: BACKLOG_POLL_INTERVAL,
         deadline,
-        timeline: timeline.clone(),
         progress: progress.clone(),
         records_done: backlog_done.clone(),
         max_attempts: context.global.max_attempts,
@@ -124,7 +126,6 @@ pub async fn run(context: &Context, options: &FairnessOptions) -> ScenarioReport
         client: context.client.clone(),
         poll_interval: Duration::from_millis(options.poll_interval_ms),
         deadline,
-        timeline: timeline.clone(),
         progress: progress.clone(),
         records_done: Arc::new(AtomicI64::new(0)),
         max_attempts: context.global.max_attempts,
@@ -247,6 +248,14 @@ pub async fn run(context: &Context, options: &FairnessOptions) -> ScenarioReport
         };
         expected_rows.insert(small.scan.tenant_id, expected);
     }
+    let mut notes = vec![
+        "Small scans' completion is measured from each one's own submission to its completed_at; the backlog's from its first submission.".to_string(),
+        "Endpoints marked (backlog) are the large tenant's requests; the others are the small tenants'.".to_string(),
+        "backlog_percent_done_when_finished comes from the backlog scans' status polls (every 500 ms, from each one's 202 on).".to_string(),
+        TIMELINE_NOTE.to_string(),
+    ];
+    let timeline =
+        finish_insert_sampler(insert_sampler, expected_rows.values().sum(), &mut notes).await;
     let verification = database::verify(&context.database_url, &expected_rows).await;
     let records_written: i64 = backlog_results
         .iter()
@@ -361,11 +370,8 @@ pub async fn run(context: &Context, options: &FairnessOptions) -> ScenarioReport
         memory_opt,
         memory_error_opt,
         verification,
-        timeline: timeline.points(),
-        notes: vec![
-            "Small scans' completion is measured from each one's own submission to its completed_at; the backlog's from its first submission.".to_string(),
-            "Endpoints marked (backlog) are the large tenant's requests; the others are the small tenants'.".to_string(),
-        ],
+        timeline,
+        notes,
         summary_en,
         summary_vi,
         success_latencies,

@@ -19,7 +19,10 @@ use chrono::Utc;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{finish_memory, generate_in_parallel, progress_bar, Context, FollowedScan, ScanWatch};
+use super::{
+    finish_insert_sampler, finish_memory, generate_in_parallel, progress_bar, start_insert_sampler,
+    Context, FollowedScan, ScanWatch, TIMELINE_NOTE,
+};
 use crate::cli::{MixedOptions, WriteKind};
 use crate::data::{batch_body, generate_records, scan_body, SplitMix64};
 use crate::database;
@@ -30,7 +33,7 @@ use crate::engine_client::{
 use crate::report::{
     common_summary_lines, number_en, number_vi, DataReport, ScenarioReport, Throughput,
 };
-use crate::statistics::{round_to_thousandths, Timeline};
+use crate::statistics::round_to_thousandths;
 
 /// Where the data streams of this scenario start, so its records differ from the others'.
 const MIXED_STREAM_OFFSET: u64 = 2_000_000;
@@ -115,13 +118,19 @@ pub async fn run(context: &Context, options: &MixedOptions) -> ScenarioReport {
 
     let warm_up_scans_completed =
         warm_up(context, &tenant_ids, &scan_bodies, scan_records, &shared).await;
+    let rows_before_window: i64 = shared
+        .expected_rows
+        .lock()
+        .expect("no code panics holding this lock")
+        .values()
+        .sum();
 
     let memory_sampler_opt = context.start_memory_sampler();
+    let insert_sampler = start_insert_sampler(context).await;
     let started_at = Utc::now();
     let started = Instant::now();
     let window = Duration::from_secs(options.duration_secs);
     let deadline = started + window;
-    let timeline = Arc::new(Timeline::starting_at(started));
     let progress = progress_bar(window.as_millis() as u64, "mixed (ms)");
     let ticker = tokio::spawn({
         let progress = progress.clone();
@@ -141,7 +150,7 @@ pub async fn run(context: &Context, options: &MixedOptions) -> ScenarioReport {
     let tasks: Vec<_> = (0..clients)
         .map(|client_index| {
             let client = context.client.clone();
-            let (shared, timeline) = (shared.clone(), timeline.clone());
+            let shared = shared.clone();
             let (scan_bodies, batch_bodies, tenant_ids) = (
                 scan_bodies.clone(),
                 batch_bodies.clone(),
@@ -162,7 +171,6 @@ pub async fn run(context: &Context, options: &MixedOptions) -> ScenarioReport {
                 let traffic = Traffic {
                     client: &client,
                     shared: &shared,
-                    timeline: &timeline,
                     scan_bodies: &scan_bodies,
                     batch_bodies: &batch_bodies,
                     tenant_ids: &tenant_ids,
@@ -205,6 +213,13 @@ pub async fn run(context: &Context, options: &MixedOptions) -> ScenarioReport {
         .lock()
         .expect("no code panics holding this lock")
         .clone();
+    let mut sampler_notes = Vec::new();
+    let timeline = finish_insert_sampler(
+        insert_sampler,
+        expected_rows.values().sum::<i64>() - rows_before_window,
+        &mut sampler_notes,
+    )
+    .await;
     let verification = database::verify(&context.database_url, &expected_rows).await;
     let mut details = std::mem::take(
         &mut *shared
@@ -302,7 +317,9 @@ pub async fn run(context: &Context, options: &MixedOptions) -> ScenarioReport {
         "Latency and statuses cover the window only; polls of scans after it are not counted."
             .to_string(),
         "Scans go to the dashboard tenants, batches to fresh tenants (one per batch).".to_string(),
+        format!("{TIMELINE_NOTE} It covers the window and the time the accepted scans took to finish after it."),
     ];
+    notes.extend(sampler_notes);
     if details.reads_succeeded < details.reads {
         notes.push(format!(
             "{} of {} reads were not answered 2xx: the read routes may not exist yet (404).",
@@ -328,7 +345,7 @@ pub async fn run(context: &Context, options: &MixedOptions) -> ScenarioReport {
         memory_opt,
         memory_error_opt,
         verification,
-        timeline: timeline.points(),
+        timeline,
         notes,
         summary_en,
         summary_vi,
@@ -341,7 +358,6 @@ pub async fn run(context: &Context, options: &MixedOptions) -> ScenarioReport {
 struct Traffic<'a> {
     client: &'a EngineClient,
     shared: &'a Shared,
-    timeline: &'a Timeline,
     scan_bodies: &'a [Bytes],
     batch_bodies: &'a [Bytes],
     tenant_ids: &'a [Uuid],
@@ -409,7 +425,6 @@ impl Traffic<'_> {
         if created_opt.is_some() {
             details.batches_created += 1;
             details.records_acknowledged += created;
-            self.timeline.add(created.max(0) as u64);
         }
     }
 
@@ -438,7 +453,6 @@ impl Traffic<'_> {
         };
         details.scans_accepted += 1;
         details.records_acknowledged += self.scan_records as i64;
-        self.timeline.add(self.scan_records as u64);
         *self
             .shared
             .expected_rows
@@ -479,7 +493,6 @@ async fn warm_up(
         client: context.client.with_fresh_statistics(),
         poll_interval: POLL_INTERVAL,
         deadline: Instant::now() + context.timeout(),
-        timeline: Arc::new(Timeline::starting_at(Instant::now())),
         progress: progress.clone(),
         records_done: Arc::new(AtomicI64::new(0)),
         max_attempts: context.global.max_attempts,
@@ -519,8 +532,6 @@ async fn drain(context: &Context, accepted_scans: Vec<FollowedScan>) -> Vec<Foll
         client: context.client.with_fresh_statistics(),
         poll_interval: POLL_INTERVAL,
         deadline: Instant::now() + context.timeout(),
-        // Records of these scans were counted when accepted: a throwaway timeline.
-        timeline: Arc::new(Timeline::starting_at(Instant::now())),
         progress: progress.clone(),
         records_done: Arc::new(AtomicI64::new(0)),
         max_attempts: context.global.max_attempts,

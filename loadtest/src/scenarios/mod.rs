@@ -21,9 +21,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use uuid::Uuid;
 
 use crate::cli::GlobalOptions;
+use crate::database::InsertRateSampler;
 use crate::engine_client::{with_retries, EngineClient, ScanAccepted, ScanState};
 use crate::memory::{MemoryReport, MemorySampler};
-use crate::statistics::{round_to_thousandths, Timeline};
+use crate::statistics::{round_to_thousandths, TimelinePoint};
 
 /// Consecutive unreadable status answers after which a scan is given up as "status unreadable"
 /// rather than polled until the deadline.
@@ -122,14 +123,13 @@ impl FollowedScan {
     }
 }
 
-/// Submits scans and follows them to their end, feeding the timeline, the progress bar and a
-/// shared count of records done.
+/// Submits scans and follows them to their end, feeding the progress bar and a shared count
+/// of records done.
 #[derive(Clone)]
 pub struct ScanWatch {
     pub client: EngineClient,
     pub poll_interval: Duration,
     pub deadline: Instant,
-    pub timeline: Arc<Timeline>,
     pub progress: ProgressBar,
     /// Records processed or failed so far across the scans this watch follows.
     pub records_done: Arc<AtomicI64>,
@@ -222,7 +222,6 @@ impl ScanWatch {
             let records_now = state.records_processed + state.records_failed;
             let newly_done = records_now - records_seen;
             if newly_done > 0 {
-                self.timeline.add(newly_done as u64);
                 self.progress.inc(newly_done as u64);
                 self.records_done.fetch_add(newly_done, Ordering::Relaxed);
                 records_seen = records_now;
@@ -243,6 +242,36 @@ impl ScanWatch {
         }
     }
 }
+
+/// Starts sampling rows inserted per second (see [`InsertRateSampler`]).
+pub async fn start_insert_sampler(context: &Context) -> Result<InsertRateSampler, String> {
+    InsertRateSampler::start(&context.database_url).await
+}
+
+/// The timeline of rows inserted per second, once `expected_rows` are seen; a sampler that
+/// could not run costs only the timeline, and the reason goes into `notes`.
+pub async fn finish_insert_sampler(
+    sampler: Result<InsertRateSampler, String>,
+    expected_rows: i64,
+    notes: &mut Vec<String>,
+) -> Vec<TimelinePoint> {
+    match sampler {
+        Ok(sampler) => match sampler.finish(expected_rows).await {
+            Ok(points) => points,
+            Err(error) => {
+                notes.push(format!("no timeline: {error}"));
+                Vec::new()
+            }
+        },
+        Err(error) => {
+            notes.push(format!("no timeline: {error}"));
+            Vec::new()
+        }
+    }
+}
+
+/// The note every report with a timeline carries.
+pub const TIMELINE_NOTE: &str = "The timeline is rows inserted into processing_activities per second, from pg_stat_user_tables.n_tup_ins (rows of rolled-back transactions count too; PostgreSQL publishes a backend's counts about once a second).";
 
 /// A progress bar over `total` records.
 pub fn progress_bar(total: u64, message: &str) -> ProgressBar {

@@ -14,7 +14,10 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::baseline::{self, measure, push_baseline_summary};
-use super::{finish_memory, generate_in_parallel, progress_bar, Context, FollowedScan, ScanWatch};
+use super::{
+    finish_insert_sampler, finish_memory, generate_in_parallel, progress_bar, start_insert_sampler,
+    Context, FollowedScan, ScanWatch, TIMELINE_NOTE,
+};
 use crate::cli::ScansOptions;
 use crate::data::{generate_records, scan_body};
 use crate::database;
@@ -22,7 +25,7 @@ use crate::engine_client::SUBMIT_SCAN;
 use crate::report::{
     common_summary_lines, number_en, number_vi, DataReport, ScenarioReport, Throughput,
 };
-use crate::statistics::{round_to_thousandths, summarize_seconds, SecondsSummary, Timeline};
+use crate::statistics::{round_to_thousandths, summarize_seconds, SecondsSummary};
 
 #[derive(Debug, Serialize)]
 struct ScansDetails {
@@ -72,13 +75,13 @@ pub async fn run(context: &Context, options: &ScansOptions) -> ScenarioReport {
 
     let progress = progress_bar(data.records, "engine scans");
     let memory_sampler_opt = context.start_memory_sampler();
+    let insert_sampler = start_insert_sampler(context).await;
     let started_at = Utc::now();
     let started = Instant::now();
     let watch = ScanWatch {
         client: context.client.clone(),
         poll_interval: Duration::from_millis(options.poll_interval_ms),
         deadline: started + context.timeout(),
-        timeline: Arc::new(Timeline::starting_at(started)),
         progress: progress.clone(),
         records_done: Arc::new(AtomicI64::new(0)),
         max_attempts: context.global.max_attempts,
@@ -101,6 +104,11 @@ pub async fn run(context: &Context, options: &ScansOptions) -> ScenarioReport {
         .collect();
     progress.finish_and_clear();
     let (memory_opt, memory_error_opt) = finish_memory(context, memory_sampler_opt).await;
+    let mut notes = vec![
+        "Records/s counts records in finished scans over the time from the first POST to the last completed_at (the engine's clock, on this machine).".to_string(),
+        TIMELINE_NOTE.to_string(),
+        "The baseline loads the same generated rows (same seed and streams) under fresh tenant ids, after the engine part, pre-encoded as binary COPY.".to_string(),
+    ];
 
     let completions: Vec<ScanCompletion> = followed
         .into_iter()
@@ -141,6 +149,8 @@ pub async fn run(context: &Context, options: &ScansOptions) -> ScenarioReport {
             (completion.scan.tenant_id, expected)
         })
         .collect();
+    let timeline =
+        finish_insert_sampler(insert_sampler, expected_rows.values().sum(), &mut notes).await;
     let verification = database::verify(&context.database_url, &expected_rows).await;
     let mut scans_by_final_status = BTreeMap::new();
     for completion in &completions {
@@ -278,12 +288,8 @@ pub async fn run(context: &Context, options: &ScansOptions) -> ScenarioReport {
         memory_opt,
         memory_error_opt,
         verification,
-        timeline: watch.timeline.points(),
-        notes: vec![
-            "Records/s counts records in finished scans over the time from the first POST to the last completed_at (the engine's clock, on this machine).".to_string(),
-            "The timeline is built from status polls, so each point is the progress seen in that second.".to_string(),
-            "The baseline loads the same generated rows (same seed and streams) under fresh tenant ids, after the engine part, pre-encoded as binary COPY.".to_string(),
-        ],
+        timeline,
+        notes,
         summary_en,
         summary_vi,
         success_latencies: context.client.recorder.success_histograms(),
