@@ -5,7 +5,11 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Dependencies first, so source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+# The workspace also lists the load test: the image builds only the engine, but cargo loads
+# every member's manifest, so the load test's is copied with a stub target.
+COPY loadtest/Cargo.toml ./loadtest/
+RUN mkdir -p src loadtest/src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && echo 'fn main() {}' > loadtest/src/main.rs \
     && cargo build --release --locked --bin ingest-engine
 COPY src ./src
 COPY migrations ./migrations

@@ -1,0 +1,350 @@
+//! The command line: one subcommand per scenario, and options every scenario shares.
+//!
+//! Defaults are named constants so `all` runs each scenario exactly as its own subcommand
+//! would with no options.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadtest",
+    about = "Drives a running ingestion engine with realistic Vietnamese PDPL data, verifies \
+             the rows in PostgreSQL, and writes a JSON report and an SVG chart"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOptions,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// Options every scenario shares; they may come before or after the scenario's name.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct GlobalOptions {
+    /// The running engine.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
+    pub engine_url: String,
+    /// The engine's database (default: the embedded cluster named by --postmaster-pid).
+    #[arg(long = "database-url", global = true)]
+    #[serde(skip)]
+    pub database_url_opt: Option<String>,
+    /// The embedded cluster's `postmaster.pid`; its line 4 is the port.
+    #[arg(long, global = true, default_value = ".data/postgres/postmaster.pid")]
+    pub postmaster_pid: PathBuf,
+    /// API token, sent as `Authorization: Bearer <token>`.
+    #[arg(
+        long = "token",
+        env = "INGEST_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    #[serde(skip)]
+    pub token_opt: Option<String>,
+    /// The engine's process, to sample its memory (default: the `ingest-engine` process
+    /// listening on the engine URL's port).
+    #[arg(long = "engine-pid", global = true)]
+    pub engine_pid_opt: Option<u32>,
+    /// Connections of the plain-COPY baseline (the engine's default writer count).
+    #[arg(long, global = true, default_value_t = 4)]
+    pub writers: usize,
+    /// Where reports and charts are written.
+    #[arg(long, global = true, default_value = "loadtest/reports")]
+    pub report_dir: PathBuf,
+    /// Seed of the generated data: the same seed sends the same records.
+    #[arg(long, global = true, default_value_t = 2025)]
+    pub seed: u64,
+    /// Longest a scenario waits for its scans to finish before it reports them unfinished.
+    #[arg(long, global = true, default_value_t = 900)]
+    pub timeout_secs: u64,
+    /// Attempts per scan or batch submission while the engine answers 429 or 503 (each then
+    /// waits the answer's Retry-After); 1 reports the first refusal as final. `mixed` never
+    /// retries: its refusals are part of what it measures.
+    #[arg(long, global = true, default_value_t = 5)]
+    pub max_attempts: u32,
+    /// Longest one HTTP request may take.
+    #[arg(long, global = true, default_value_t = 300)]
+    pub request_timeout_secs: u64,
+}
+
+#[derive(Subcommand, Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// Many tenants submit one data scan each at the same moment; then the same rows by plain COPY.
+    Scans(ScansOptions),
+    /// Concurrent clients post synchronous batches.
+    Batch(BatchOptions),
+    /// Dashboard reads and writes together for a fixed time.
+    Mixed(MixedOptions),
+    /// One tenant's huge backlog against other tenants' small scans.
+    Fairness(FairnessOptions),
+    /// Plain COPY into processing_activities, no engine involved.
+    Baseline(BaselineOptions),
+    /// scans, batch, mixed, fairness and baseline in sequence, each with its defaults.
+    All,
+}
+
+pub const DEFAULT_SCAN_TENANTS: usize = 100;
+pub const DEFAULT_SCAN_RECORDS: usize = 10_000;
+pub const DEFAULT_POLL_INTERVAL_MS: u64 = 500;
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct ScansOptions {
+    /// Tenants, each submitting one scan at the same moment.
+    #[arg(long, default_value_t = DEFAULT_SCAN_TENANTS)]
+    pub tenants: usize,
+    /// Records in each scan.
+    #[arg(long, default_value_t = DEFAULT_SCAN_RECORDS)]
+    pub records: usize,
+    /// Interval between two status reads of one scan.
+    #[arg(long, default_value_t = DEFAULT_POLL_INTERVAL_MS)]
+    pub poll_interval_ms: u64,
+    /// Do not run the plain-COPY baseline after the engine part.
+    #[arg(long)]
+    pub skip_baseline: bool,
+}
+
+pub const DEFAULT_BATCH_CLIENTS: usize = 50;
+pub const DEFAULT_BATCH_RECORDS: usize = 5_000;
+pub const DEFAULT_BATCHES_PER_CLIENT: usize = 4;
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct BatchOptions {
+    /// Concurrent clients, each posting its batches one after another.
+    #[arg(long, default_value_t = DEFAULT_BATCH_CLIENTS)]
+    pub clients: usize,
+    /// Records in each batch (the engine accepts at most 10,000).
+    #[arg(long = "batch-size", visible_alias = "records", default_value_t = DEFAULT_BATCH_RECORDS)]
+    pub batch_size: usize,
+    /// Batches each client posts.
+    #[arg(long, default_value_t = DEFAULT_BATCHES_PER_CLIENT)]
+    pub batches_per_client: usize,
+}
+
+/// What the writes of `mixed` are.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteKind {
+    Batches,
+    Scans,
+    Both,
+}
+
+pub const DEFAULT_MIXED_SECONDS: u64 = 30;
+pub const DEFAULT_MIXED_CLIENTS: usize = 16;
+pub const DEFAULT_MIXED_TENANTS: usize = 20;
+pub const DEFAULT_MIXED_RATE: u64 = 150;
+pub const DEFAULT_READ_PERCENT: u32 = 70;
+pub const DEFAULT_MIXED_BATCH_RECORDS: usize = 1_000;
+pub const DEFAULT_MIXED_SCAN_RECORDS: usize = 1_000;
+pub const DEFAULT_MIXED_MAX_REQUESTS: u64 = 200_000;
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct MixedOptions {
+    /// How long reads and writes run.
+    #[arg(long, default_value_t = DEFAULT_MIXED_SECONDS)]
+    pub duration_secs: u64,
+    /// Concurrent clients, each choosing a read or a write per request.
+    #[arg(long, default_value_t = DEFAULT_MIXED_CLIENTS)]
+    pub clients: usize,
+    /// Tenants whose dashboards are read (and which receive the scans).
+    #[arg(long, default_value_t = DEFAULT_MIXED_TENANTS)]
+    pub tenants: usize,
+    /// Requests per second of all clients together (0: each client as fast as it can).
+    #[arg(long, default_value_t = DEFAULT_MIXED_RATE)]
+    pub rate: u64,
+    /// Share of requests that are dashboard reads, in percent.
+    #[arg(long, default_value_t = DEFAULT_READ_PERCENT)]
+    pub read_percent: u32,
+    /// What the writes are.
+    #[arg(long, value_enum, default_value_t = WriteKind::Both)]
+    pub write_kind: WriteKind,
+    /// Records in each written batch.
+    #[arg(long, default_value_t = DEFAULT_MIXED_BATCH_RECORDS)]
+    pub batch_size: usize,
+    /// Records in each written scan (and in each tenant's first scan, before timing).
+    #[arg(long, default_value_t = DEFAULT_MIXED_SCAN_RECORDS)]
+    pub scan_records: usize,
+    /// Upper bound of requests, whatever the duration.
+    #[arg(long, default_value_t = DEFAULT_MIXED_MAX_REQUESTS)]
+    pub max_requests: u64,
+}
+
+pub const DEFAULT_BACKLOG_SCANS: usize = 10;
+pub const DEFAULT_BACKLOG_SCAN_RECORDS: usize = 100_000;
+pub const DEFAULT_SMALL_TENANTS: usize = 20;
+pub const DEFAULT_SMALL_SCAN_RECORDS: usize = 1_000;
+pub const DEFAULT_SMALL_INTERVAL_MS: u64 = 250;
+pub const DEFAULT_FAIRNESS_POLL_INTERVAL_MS: u64 = 100;
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct FairnessOptions {
+    /// Scans of the one large tenant's backlog.
+    #[arg(long, default_value_t = DEFAULT_BACKLOG_SCANS)]
+    pub backlog_scans: usize,
+    /// Records in each backlog scan (the engine accepts at most 100,000).
+    #[arg(long, default_value_t = DEFAULT_BACKLOG_SCAN_RECORDS)]
+    pub backlog_scan_records: usize,
+    /// Other tenants, each submitting one small scan, from the first backlog scan's acceptance on.
+    #[arg(long, default_value_t = DEFAULT_SMALL_TENANTS)]
+    pub small_tenants: usize,
+    /// Records in each small scan.
+    #[arg(long, default_value_t = DEFAULT_SMALL_SCAN_RECORDS)]
+    pub small_scan_records: usize,
+    /// Pause between two small tenants' submissions.
+    #[arg(long, default_value_t = DEFAULT_SMALL_INTERVAL_MS)]
+    pub small_interval_ms: u64,
+    /// Interval between two status reads of one scan (small scans' completion is read from
+    /// the engine's `completed_at`, so this only bounds how soon it is seen).
+    #[arg(long, default_value_t = DEFAULT_FAIRNESS_POLL_INTERVAL_MS)]
+    pub poll_interval_ms: u64,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct BaselineOptions {
+    /// Tenants, each with one scan's worth of rows.
+    #[arg(long, default_value_t = DEFAULT_SCAN_TENANTS)]
+    pub tenants: usize,
+    /// Rows per tenant.
+    #[arg(long, default_value_t = DEFAULT_SCAN_RECORDS)]
+    pub records: usize,
+}
+
+impl Default for ScansOptions {
+    fn default() -> Self {
+        ScansOptions {
+            tenants: DEFAULT_SCAN_TENANTS,
+            records: DEFAULT_SCAN_RECORDS,
+            poll_interval_ms: DEFAULT_POLL_INTERVAL_MS,
+            skip_baseline: false,
+        }
+    }
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            clients: DEFAULT_BATCH_CLIENTS,
+            batch_size: DEFAULT_BATCH_RECORDS,
+            batches_per_client: DEFAULT_BATCHES_PER_CLIENT,
+        }
+    }
+}
+
+impl Default for MixedOptions {
+    fn default() -> Self {
+        MixedOptions {
+            duration_secs: DEFAULT_MIXED_SECONDS,
+            clients: DEFAULT_MIXED_CLIENTS,
+            tenants: DEFAULT_MIXED_TENANTS,
+            rate: DEFAULT_MIXED_RATE,
+            read_percent: DEFAULT_READ_PERCENT,
+            write_kind: WriteKind::Both,
+            batch_size: DEFAULT_MIXED_BATCH_RECORDS,
+            scan_records: DEFAULT_MIXED_SCAN_RECORDS,
+            max_requests: DEFAULT_MIXED_MAX_REQUESTS,
+        }
+    }
+}
+
+impl Default for FairnessOptions {
+    fn default() -> Self {
+        FairnessOptions {
+            backlog_scans: DEFAULT_BACKLOG_SCANS,
+            backlog_scan_records: DEFAULT_BACKLOG_SCAN_RECORDS,
+            small_tenants: DEFAULT_SMALL_TENANTS,
+            small_scan_records: DEFAULT_SMALL_SCAN_RECORDS,
+            small_interval_ms: DEFAULT_SMALL_INTERVAL_MS,
+            poll_interval_ms: DEFAULT_FAIRNESS_POLL_INTERVAL_MS,
+        }
+    }
+}
+
+impl Default for BaselineOptions {
+    fn default() -> Self {
+        BaselineOptions {
+            tenants: DEFAULT_SCAN_TENANTS,
+            records: DEFAULT_SCAN_RECORDS,
+        }
+    }
+}
+
+/// The process's command line with the token's value hidden, for the report.
+pub fn redacted_command_line(arguments: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut redacted = Vec::new();
+    let mut hide_next = false;
+    for argument in arguments {
+        if hide_next {
+            redacted.push("***".to_string());
+            hide_next = false;
+        } else if argument == "--token" {
+            redacted.push(argument);
+            hide_next = true;
+        } else if argument.starts_with("--token=") {
+            redacted.push("--token=***".to_string());
+        } else if let Some(url) = argument.strip_prefix("--database-url=") {
+            redacted.push(format!(
+                "--database-url={}",
+                crate::database::redact_password(url)
+            ));
+        } else {
+            redacted.push(crate::database::redact_password(&argument));
+        }
+    }
+    redacted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_never_reach_the_report() {
+        let arguments = [
+            "loadtest",
+            "--token",
+            "s3cret",
+            "scans",
+            "--token=other",
+            "--tenants",
+            "5",
+        ]
+        .map(String::from);
+        let redacted = redacted_command_line(arguments);
+        assert_eq!(
+            redacted,
+            [
+                "loadtest",
+                "--token",
+                "***",
+                "scans",
+                "--token=***",
+                "--tenants",
+                "5"
+            ]
+        );
+    }
+
+    #[test]
+    fn options_parse_before_or_after_the_scenario() {
+        let cli = Cli::try_parse_from([
+            "loadtest",
+            "--engine-url",
+            "http://127.0.0.1:18181",
+            "batch",
+            "--records",
+            "100",
+            "--writers",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.engine_url, "http://127.0.0.1:18181");
+        assert_eq!(cli.global.writers, 2);
+        match cli.scenario {
+            Scenario::Batch(options) => assert_eq!(options.batch_size, 100),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}

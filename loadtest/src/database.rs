@@ -1,0 +1,343 @@
+//! Everything the load test does in PostgreSQL: finding the engine's private cluster,
+//! verifying what landed, and the plain `COPY` of the baseline.
+//!
+//! **Invariant:** only this module runs SQL.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use serde::Serialize;
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
+
+use crate::copy_encoding::COPY_COLUMNS;
+use crate::statistics::{Timeline, TimelinePoint};
+
+/// The line of `postmaster.pid` that holds the port (PostgreSQL's `LOCK_FILE_LINE_PORT`).
+const POSTMASTER_PORT_LINE: usize = 4;
+
+/// The engine's embedded cluster: superuser `ingest`, database `ingest`, trust authentication
+/// on the loopback interface only.
+const EMBEDDED_USER_AND_DATABASE: &str = "ingest@127.0.0.1";
+
+/// What verification found in `processing_activities`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    pub passed: bool,
+    pub tenants_checked: usize,
+    pub rows_expected: i64,
+    pub rows_found: i64,
+    /// Tenants whose row count differs from what the engine acknowledged (at most 20 shown).
+    pub mismatches: Vec<TenantCountMismatch>,
+    pub mismatched_tenants: usize,
+    /// Groups of `(tenant_id, scan_id, record_index)` present more than once.
+    pub duplicate_groups: i64,
+    /// Why verification could not run, if it could not.
+    pub error_opt: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantCountMismatch {
+    pub tenant_id: Uuid,
+    pub expected: i64,
+    pub found: i64,
+}
+
+/// The database URL of the cluster whose `postmaster.pid` is at `path`.
+pub fn database_url_from_postmaster_pid(path: &Path) -> Result<String, String> {
+    let contents = std::fs::read_to_string(path).map_err(|error| {
+        format!(
+            "cannot read {} ({error}); is the engine running with its embedded PostgreSQL? \
+             Pass --database-url or --postmaster-pid",
+            path.display()
+        )
+    })?;
+    let port = parse_postmaster_port(&contents)
+        .map_err(|reason| format!("{}: {reason}", path.display()))?;
+    Ok(format!(
+        "postgres://{EMBEDDED_USER_AND_DATABASE}:{port}/ingest"
+    ))
+}
+
+/// The port on line 4 of a `postmaster.pid` file.
+pub fn parse_postmaster_port(contents: &str) -> Result<u16, String> {
+    let line = contents
+        .lines()
+        .nth(POSTMASTER_PORT_LINE - 1)
+        .ok_or_else(|| format!("no line {POSTMASTER_PORT_LINE} (the port) in postmaster.pid"))?;
+    let port: u16 = line.trim().parse().map_err(|_| {
+        format!("line {POSTMASTER_PORT_LINE} of postmaster.pid is not a port: {line:?}")
+    })?;
+    if port == 0 {
+        return Err("postmaster.pid names port 0".to_string());
+    }
+    Ok(port)
+}
+
+/// A connection whose driver runs on its own task until the client is dropped.
+pub async fn connect(database_url: &str) -> Result<Client, String> {
+    let (client, connection) =
+        tokio_postgres::connect(database_url, NoTls)
+            .await
+            .map_err(|error| {
+                format!(
+                    "cannot connect to {}: {error}",
+                    redact_password(database_url)
+                )
+            })?;
+    tokio::spawn(async move {
+        // The connection ends when the client is dropped; an error here is reported by the
+        // client's next query, so there is nothing more to do with it.
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Checks that each tenant of `expected_rows` has exactly that many rows, and that no
+/// `(tenant_id, scan_id, record_index)` is present twice. Never fails: a database error is
+/// recorded in the verification, which then does not pass.
+pub async fn verify(database_url: &str, expected_rows: &BTreeMap<Uuid, i64>) -> Verification {
+    let mut verification = Verification {
+        passed: false,
+        tenants_checked: expected_rows.len(),
+        rows_expected: expected_rows.values().sum(),
+        rows_found: 0,
+        mismatches: Vec::new(),
+        mismatched_tenants: 0,
+        duplicate_groups: 0,
+        error_opt: None,
+    };
+    if let Err(error) = verify_into(database_url, expected_rows, &mut verification).await {
+        verification.error_opt = Some(error);
+        return verification;
+    }
+    verification.passed = verification.mismatched_tenants == 0
+        && verification.duplicate_groups == 0
+        && verification.error_opt.is_none();
+    verification
+}
+
+async fn verify_into(
+    database_url: &str,
+    expected_rows: &BTreeMap<Uuid, i64>,
+    verification: &mut Verification,
+) -> Result<(), String> {
+    const MISMATCHES_SHOWN: usize = 20;
+    let client = connect(database_url).await?;
+    let tenant_ids: Vec<Uuid> = expected_rows.keys().copied().collect();
+    let counted = client
+        .query(
+            "SELECT tenant_id, count(*) FROM processing_activities \
+             WHERE tenant_id = ANY($1) GROUP BY tenant_id",
+            &[&tenant_ids],
+        )
+        .await
+        .map_err(|error| format!("counting rows per tenant failed: {error}"))?;
+    let found_rows: BTreeMap<Uuid, i64> = counted
+        .iter()
+        .map(|row| (row.get::<_, Uuid>(0), row.get::<_, i64>(1)))
+        .collect();
+    verification.rows_found = found_rows.values().sum();
+    for (tenant_id, expected) in expected_rows {
+        let found = found_rows.get(tenant_id).copied().unwrap_or(0);
+        if found != *expected {
+            verification.mismatched_tenants += 1;
+            if verification.mismatches.len() < MISMATCHES_SHOWN {
+                verification.mismatches.push(TenantCountMismatch {
+                    tenant_id: *tenant_id,
+                    expected: *expected,
+                    found,
+                });
+            }
+        }
+    }
+    let duplicates = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT tenant_id, scan_id, record_index \
+             FROM processing_activities WHERE tenant_id = ANY($1) \
+             GROUP BY 1, 2, 3 HAVING count(*) > 1) d",
+            &[&tenant_ids],
+        )
+        .await
+        .map_err(|error| format!("looking for duplicates failed: {error}"))?;
+    verification.duplicate_groups = duplicates.get(0);
+    Ok(())
+}
+
+/// Streams one complete binary `COPY` stream into `processing_activities`, in its own
+/// (implicit) transaction, and returns the number of rows PostgreSQL reports.
+pub async fn copy_rows(client: &Client, stream: Bytes) -> Result<u64, String> {
+    let statement =
+        format!("COPY processing_activities ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)");
+    let sink = client
+        .copy_in::<_, Bytes>(statement.as_str())
+        .await
+        .map_err(|error| format!("starting COPY failed: {error}"))?;
+    let mut sink = std::pin::pin!(sink);
+    sink.send(stream)
+        .await
+        .map_err(|error| format!("sending COPY data failed: {error}"))?;
+    sink.as_mut()
+        .finish()
+        .await
+        .map_err(|error| format!("finishing COPY failed: {error}"))
+}
+
+/// Rows inserted into `processing_activities` per second, whoever inserted them, read from
+/// PostgreSQL's cumulative statistics (`pg_stat_user_tables.n_tup_ins`) on its own connection.
+///
+/// The load test cannot see the engine's writes any other way while a submission is still
+/// being answered: status polls only start after the 202, and a large scan's 202 can take
+/// longer than writing it. Counting rows instead (`count(*)` each second) would cost the
+/// database real work on a two-core machine; reading the statistics costs nothing. Two
+/// caveats: rows of rolled-back transactions count too, and a backend publishes its counts at
+/// most once a second, or up to 10 s after it goes idle, so [`InsertRateSampler::finish`] waits
+/// for the rows it expects.
+pub struct InsertRateSampler {
+    /// Set by `finish`; the sampling task takes one last sample and returns its timeline.
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Result<Vec<TimelinePoint>, String>>,
+    rows_at_start: i64,
+    latest_rows: Arc<AtomicI64>,
+}
+
+/// How often the statistics are read.
+const INSERT_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Longest wait at the end for the statistics to show the rows expected: PostgreSQL flushes
+/// an idle backend's counts after at most 10 s.
+const STATISTICS_FLUSH_WAIT: Duration = Duration::from_secs(11);
+
+impl InsertRateSampler {
+    /// Connects and starts sampling; its timeline's second 0 starts now.
+    pub async fn start(database_url: &str) -> Result<InsertRateSampler, String> {
+        let client = connect(database_url).await?;
+        let rows_at_start = inserted_rows(&client).await?;
+        let started = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let latest_rows = Arc::new(AtomicI64::new(rows_at_start));
+        let task = tokio::spawn({
+            let (stop, latest_rows) = (stop.clone(), latest_rows.clone());
+            async move {
+                let timeline = Timeline::starting_at(started);
+                let mut previous_rows = rows_at_start;
+                loop {
+                    let stopping = stop.load(Ordering::Relaxed);
+                    tokio::time::sleep(INSERT_SAMPLE_INTERVAL).await;
+                    let rows = inserted_rows(&client).await?;
+                    if rows > previous_rows {
+                        timeline.add((rows - previous_rows) as u64);
+                        previous_rows = rows;
+                        latest_rows.store(rows, Ordering::Relaxed);
+                    }
+                    if stopping {
+                        return Ok(timeline.points());
+                    }
+                }
+            }
+        });
+        Ok(InsertRateSampler {
+            stop,
+            task,
+            rows_at_start,
+            latest_rows,
+        })
+    }
+
+    /// Waits until the statistics show `expected_rows` more rows than at the start (or
+    /// [`STATISTICS_FLUSH_WAIT`] passes), then stops and returns the timeline.
+    pub async fn finish(self, expected_rows: i64) -> Result<Vec<TimelinePoint>, String> {
+        let waiting_since = Instant::now();
+        while self.latest_rows.load(Ordering::Relaxed) - self.rows_at_start < expected_rows
+            && waiting_since.elapsed() < STATISTICS_FLUSH_WAIT
+            && !self.task.is_finished()
+        {
+            tokio::time::sleep(INSERT_SAMPLE_INTERVAL).await;
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        self.task
+            .await
+            .map_err(|_| "the insert-rate sampler stopped unexpectedly".to_string())?
+    }
+}
+
+async fn inserted_rows(client: &Client) -> Result<i64, String> {
+    client
+        .query_one(
+            "SELECT coalesce(sum(n_tup_ins), 0)::bigint FROM pg_stat_user_tables \
+             WHERE relname = 'processing_activities'",
+            &[],
+        )
+        .await
+        .map(|row| row.get(0))
+        .map_err(|error| format!("reading pg_stat_user_tables failed: {error}"))
+}
+
+/// `url` with any password replaced by `***`, for messages and reports.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((credentials, host_part)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match credentials.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host_part}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real `postmaster.pid` of PostgreSQL 16, as the engine's private cluster writes it.
+    const POSTMASTER_PID: &str = "48211\n/var/tmp/loadtest-pg\n1732380000\n41873\n\n127.0.0.1\n  1234567    32769\nready   \n";
+
+    #[test]
+    fn the_port_is_the_fourth_line() {
+        assert_eq!(parse_postmaster_port(POSTMASTER_PID), Ok(41873));
+    }
+
+    #[test]
+    fn malformed_postmaster_files_are_refused_with_a_reason() {
+        assert!(parse_postmaster_port("48211\n/data\n")
+            .unwrap_err()
+            .contains("no line 4"));
+        assert!(parse_postmaster_port("1\n2\n3\nnot-a-port\n")
+            .unwrap_err()
+            .contains("not a port"));
+        assert!(parse_postmaster_port("1\n2\n3\n0\n").is_err());
+    }
+
+    #[test]
+    fn the_url_names_the_embedded_superuser_and_database() {
+        let directory = std::env::temp_dir().join(format!("loadtest-pid-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let path = directory.join("postmaster.pid");
+        std::fs::write(&path, POSTMASTER_PID).unwrap();
+        let url = database_url_from_postmaster_pid(&path);
+        std::fs::remove_dir_all(&directory).unwrap();
+        assert_eq!(url.unwrap(), "postgres://ingest@127.0.0.1:41873/ingest");
+        assert!(
+            database_url_from_postmaster_pid(Path::new("/nonexistent/postmaster.pid")).is_err()
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_password("postgres://ingest:secret@db:5432/ingest"),
+            "postgres://ingest:***@db:5432/ingest"
+        );
+        assert_eq!(
+            redact_password("postgres://ingest@127.0.0.1:5432/ingest"),
+            "postgres://ingest@127.0.0.1:5432/ingest"
+        );
+    }
+}

@@ -1,0 +1,298 @@
+//! `scans`: N tenants each submit one data scan of M records at the same moment (the
+//! scheduled-scan burst of SPEC section 1), and each scan is followed until it finishes. Then
+//! the same rows are loaded by plain `COPY` under fresh tenant ids, and the report gives the
+//! engine's rate as a fraction of that baseline.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::baseline::{self, measure, push_baseline_summary};
+use super::{
+    finish_insert_sampler, finish_memory, generate_in_parallel, progress_bar, start_insert_sampler,
+    Context, FollowedScan, ScanWatch, TIMELINE_NOTE,
+};
+use crate::cli::ScansOptions;
+use crate::data::{generate_records, scan_body};
+use crate::database;
+use crate::engine_client::SUBMIT_SCAN;
+use crate::report::{
+    common_summary_lines, number_en, number_vi, DataReport, ScenarioReport, Throughput,
+};
+use crate::statistics::{round_to_thousandths, summarize_seconds, SecondsSummary};
+
+#[derive(Debug, Serialize)]
+struct ScansDetails {
+    scans_submitted: usize,
+    scans_accepted: usize,
+    /// Scans answered 429 or 503 at first and submitted again after the Retry-After.
+    scans_retried: usize,
+    scans_by_final_status: BTreeMap<String, usize>,
+    /// From the first submission to the last scan's completion.
+    end_to_end_seconds: f64,
+    /// Each scan's completion, in seconds from the first submission.
+    #[serde(rename = "completion_seconds")]
+    completion_seconds_opt: Option<SecondsSummary>,
+    scans: Vec<ScanCompletion>,
+}
+
+#[derive(Debug, Serialize)]
+struct ScanCompletion {
+    #[serde(flatten)]
+    scan: FollowedScan,
+    #[serde(rename = "completion_seconds")]
+    completion_seconds_opt: Option<f64>,
+}
+
+pub async fn run(context: &Context, options: &ScansOptions) -> ScenarioReport {
+    let seed = context.global.seed;
+    let records_per_scan = options.records;
+    let generation_started = Instant::now();
+    let bodies: Vec<(Uuid, Bytes)> = tokio::task::spawn_blocking({
+        let tenants = options.tenants;
+        move || {
+            generate_in_parallel(tenants, |tenant_index| {
+                let tenant_id = Uuid::new_v4();
+                let records = generate_records(seed, tenant_index as u64, records_per_scan);
+                (tenant_id, scan_body(tenant_id, &records))
+            })
+        }
+    })
+    .await
+    .expect("generation does not panic");
+    let data = DataReport {
+        records: (options.tenants * records_per_scan) as u64,
+        request_bodies: bodies.len() as u64,
+        body_bytes: bodies.iter().map(|(_, body)| body.len() as u64).sum(),
+        generation_seconds: round_to_thousandths(generation_started.elapsed().as_secs_f64()),
+    };
+
+    let progress = progress_bar(data.records, "engine scans");
+    let memory_sampler_opt = context.start_memory_sampler();
+    let insert_sampler = start_insert_sampler(context).await;
+    let started_at = Utc::now();
+    let started = Instant::now();
+    let watch = ScanWatch {
+        client: context.client.clone(),
+        poll_interval: Duration::from_millis(options.poll_interval_ms),
+        deadline: started + context.timeout(),
+        progress: progress.clone(),
+        records_done: Arc::new(AtomicI64::new(0)),
+        max_attempts: context.global.max_attempts,
+    };
+    let tasks: Vec<_> = bodies
+        .into_iter()
+        .map(|(tenant_id, body)| {
+            let watch = watch.clone();
+            tokio::spawn(async move {
+                watch
+                    .submit_and_follow(tenant_id, body, records_per_scan)
+                    .await
+            })
+        })
+        .collect();
+    let followed: Vec<FollowedScan> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|joined| joined.expect("following a scan records failures and does not panic"))
+        .collect();
+    progress.finish_and_clear();
+    let (memory_opt, memory_error_opt) = finish_memory(context, memory_sampler_opt).await;
+    let mut notes = vec![
+        "Records/s counts records in finished scans over the time from the first POST to the last completed_at (the engine's clock, on this machine).".to_string(),
+        TIMELINE_NOTE.to_string(),
+        "The baseline loads the same generated rows (same seed and streams) under fresh tenant ids, after the engine part, pre-encoded as binary COPY.".to_string(),
+    ];
+
+    let completions: Vec<ScanCompletion> = followed
+        .into_iter()
+        .map(|scan| ScanCompletion {
+            completion_seconds_opt: scan
+                .seconds_since(started_at)
+                .filter(|_| scan.is_finished())
+                .map(round_to_thousandths),
+            scan,
+        })
+        .collect();
+    let completion_seconds: Vec<f64> = completions
+        .iter()
+        .filter_map(|completion| completion.completion_seconds_opt)
+        .collect();
+    let end_to_end_seconds = completion_seconds.iter().copied().fold(0.0, f64::max);
+    let records_written: i64 = completions
+        .iter()
+        .filter(|completion| completion.scan.is_finished())
+        .map(|completion| completion.scan.records_processed)
+        .sum();
+    let engine_throughput = Throughput {
+        records: records_written as u64,
+        seconds: round_to_thousandths(end_to_end_seconds),
+        records_per_second: round_to_thousandths(
+            records_written as f64 / end_to_end_seconds.max(1e-9),
+        ),
+        measured: "from the first POST /data-scans to the last scan's completed_at".to_string(),
+    };
+    let expected_rows: BTreeMap<Uuid, i64> = completions
+        .iter()
+        .map(|completion| {
+            let expected = if completion.scan.was_accepted() {
+                completion.scan.records_sent as i64
+            } else {
+                0
+            };
+            (completion.scan.tenant_id, expected)
+        })
+        .collect();
+    let timeline =
+        finish_insert_sampler(insert_sampler, expected_rows.values().sum(), &mut notes).await;
+    let verification = database::verify(&context.database_url, &expected_rows).await;
+    let mut scans_by_final_status = BTreeMap::new();
+    for completion in &completions {
+        *scans_by_final_status
+            .entry(completion.scan.final_status.clone())
+            .or_insert(0) += 1;
+    }
+    let all_completed = scans_by_final_status.get("completed") == Some(&options.tenants);
+
+    let baseline_opt = if options.skip_baseline {
+        None
+    } else {
+        Some(measure(context, options.tenants, records_per_scan).await)
+    };
+    let ratio_opt = baseline_opt.as_ref().and_then(|baseline| {
+        (baseline.throughput.records_per_second > 0.0).then(|| {
+            round_to_thousandths(
+                engine_throughput.records_per_second / baseline.throughput.records_per_second,
+            )
+        })
+    });
+
+    let endpoints = context.client.recorder.reports();
+    let details = ScansDetails {
+        scans_submitted: options.tenants,
+        scans_accepted: completions
+            .iter()
+            .filter(|completion| completion.scan.was_accepted())
+            .count(),
+        scans_retried: completions
+            .iter()
+            .filter(|completion| completion.scan.submit_attempts > 1)
+            .count(),
+        scans_by_final_status,
+        end_to_end_seconds: round_to_thousandths(end_to_end_seconds),
+        completion_seconds_opt: summarize_seconds(&completion_seconds),
+        scans: completions,
+    };
+
+    let (mut summary_en, mut summary_vi) = (Vec::new(), Vec::new());
+    summary_en.push(format!(
+        "{} tenants × {} records: {} of {} scans accepted, statuses {:?}; {} records written in {} s = {} records/s.",
+        options.tenants,
+        number_en(records_per_scan as f64, 0),
+        details.scans_accepted,
+        options.tenants,
+        details.scans_by_final_status,
+        number_en(engine_throughput.records as f64, 0),
+        number_en(engine_throughput.seconds, 2),
+        number_en(engine_throughput.records_per_second, 0),
+    ));
+    summary_vi.push(format!(
+        "{} tổ chức × {} bản ghi: {}/{} lượt quét được chấp nhận, trạng thái {:?}; đã ghi {} bản ghi trong {} giây = {} bản ghi/giây.",
+        options.tenants,
+        number_vi(records_per_scan as f64, 0),
+        details.scans_accepted,
+        options.tenants,
+        details.scans_by_final_status,
+        number_vi(engine_throughput.records as f64, 0),
+        number_vi(engine_throughput.seconds, 2),
+        number_vi(engine_throughput.records_per_second, 0),
+    ));
+    if let Some(submit) = endpoints.get(SUBMIT_SCAN) {
+        let latency = &submit.latency_success;
+        summary_en.push(format!(
+            "POST /data-scans latency (202): p50 {} ms, p95 {} ms, p99 {} ms, max {} ms; statuses of all {} attempts {:?} ({} scans retried after 429/503).",
+            number_en(latency.p50_ms, 1),
+            number_en(latency.p95_ms, 1),
+            number_en(latency.p99_ms, 1),
+            number_en(latency.max_ms, 1),
+            submit.requests,
+            submit.statuses,
+            details.scans_retried,
+        ));
+        summary_vi.push(format!(
+            "Độ trễ POST /data-scans (202): p50 {} ms, p95 {} ms, p99 {} ms, tối đa {} ms; mã trạng thái của cả {} lần gửi {:?} ({} lượt quét được gửi lại sau 429/503).",
+            number_vi(latency.p50_ms, 1),
+            number_vi(latency.p95_ms, 1),
+            number_vi(latency.p99_ms, 1),
+            number_vi(latency.max_ms, 1),
+            submit.requests,
+            submit.statuses,
+            details.scans_retried,
+        ));
+    }
+    if let Some(completion) = &details.completion_seconds_opt {
+        summary_en.push(format!(
+            "Scan completion after the first submission: first {} s, median {} s, last {} s.",
+            number_en(completion.min_seconds, 2),
+            number_en(completion.p50_seconds, 2),
+            number_en(completion.max_seconds, 2),
+        ));
+        summary_vi.push(format!(
+            "Thời điểm hoàn thành lượt quét (tính từ lần gửi đầu tiên): sớm nhất {} giây, trung vị {} giây, muộn nhất {} giây.",
+            number_vi(completion.min_seconds, 2),
+            number_vi(completion.p50_seconds, 2),
+            number_vi(completion.max_seconds, 2),
+        ));
+    }
+    if let Some(baseline) = &baseline_opt {
+        push_baseline_summary(baseline, &mut summary_en, &mut summary_vi);
+    }
+    if let Some(ratio) = ratio_opt {
+        summary_en.push(format!(
+            "Engine / plain COPY = {} ({} % of the baseline rate).",
+            number_en(ratio, 3),
+            number_en(ratio * 100.0, 1)
+        ));
+        summary_vi.push(format!(
+            "Engine / COPY trực tiếp = {} (bằng {} % tốc độ cơ sở).",
+            number_vi(ratio, 3),
+            number_vi(ratio * 100.0, 1)
+        ));
+    }
+    let (english, vietnamese) = common_summary_lines(&verification, memory_opt.as_ref());
+    summary_en.extend(english);
+    summary_vi.extend(vietnamese);
+
+    let baseline_passed = baseline::passed(baseline_opt.as_ref());
+    ScenarioReport {
+        scenario: "scans",
+        passed: verification.passed && all_completed && baseline_passed,
+        started_at,
+        finished_at: Utc::now(),
+        command_line: context.command_line.clone(),
+        settings: context.settings(options),
+        engine_url: context.global.engine_url.clone(),
+        database_url: database::redact_password(&context.database_url),
+        data,
+        engine_throughput_opt: Some(engine_throughput),
+        baseline_opt,
+        engine_to_baseline_ratio_opt: ratio_opt,
+        endpoints,
+        details: serde_json::to_value(&details).unwrap_or_default(),
+        memory_opt,
+        memory_error_opt,
+        verification,
+        timeline,
+        notes,
+        summary_en,
+        summary_vi,
+        success_latencies: context.client.recorder.success_histograms(),
+        machine_opt: None,
+    }
+}
