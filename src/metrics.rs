@@ -74,6 +74,7 @@ pub fn install() -> PrometheusHandle {
                 tracing::warn!("a metrics recorder was already installed");
             }
             describe();
+            register_zeroes();
             handle
         })
         .clone()
@@ -171,6 +172,37 @@ fn describe() {
         "PostgreSQL checkpoints since its statistics reset, by kind (timed, requested)."
     );
     describe_gauge!(TENANT_ACTORS, Unit::Count, "Tenant actors running.");
+}
+
+/// Counters start at zero rather than absent, so `increase()` in alert rules sees the first
+/// event, and dashboards show 0 instead of "no data".
+fn register_zeroes() {
+    for name in [
+        RECORDS_WRITTEN,
+        WRITER_RESTARTS,
+        WRITE_RETRIES,
+        DEAD_LETTERS,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for route in ["scan", "batch"] {
+        metrics::counter!(RECORDS_ACCEPTED, "route" => route).increment(0);
+    }
+    for reason in ["invalid", "dead_letter", "unwritten"] {
+        metrics::counter!(RECORDS_FAILED, "reason" => reason).increment(0);
+    }
+    for status in ["completed", "completed_with_errors", "failed"] {
+        metrics::counter!(SCANS_FINISHED, "status" => status).increment(0);
+    }
+    for reason in [
+        "tenant_backlog_full",
+        "engine_saturated",
+        "tenant_throttled",
+        "shutting_down",
+        "database_unavailable",
+    ] {
+        metrics::counter!(SUBMISSIONS_REJECTED, "reason" => reason).increment(0);
+    }
 }
 
 /// The route template of a request path: bounded label values whatever the path.

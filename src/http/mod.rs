@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -233,7 +234,7 @@ pub fn routes(
         .or(replay_dead_letter)
         .unify();
 
-    health
+    let all_routes = health
         .or(health_database)
         .unify()
         .or(metrics_route)
@@ -255,20 +256,66 @@ pub fn routes(
         .or(processing_activities)
         .unify()
         .recover(recover)
+        .unify();
+
+    let request_context =
+        warp::header::optional::<String>("x-request-id").map(|incoming_opt: Option<String>| {
+            RequestContext {
+                request_id: incoming_opt
+                    .filter(|incoming| is_acceptable_request_id(incoming))
+                    .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                started: Instant::now(),
+            }
+        });
+    request_context
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(all_routes)
+        .map(finish_request)
+        .recover(recover)
         .unify()
-        .with(warp::log::custom(record_request))
-        .with(warp::trace::request())
 }
 
-/// One observation per request, labelled by route template, never by path.
-fn record_request(info: warp::log::Info<'_>) {
-    let route = crate::metrics::route_label(info.path());
-    let method = info.method().as_str().to_string();
-    let status = info.status().as_u16().to_string();
-    metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route, "method" => method.clone(), "status" => status)
+/// Every request's id (the caller's `x-request-id` when it is sensible, else a new UUIDv7) and
+/// start time.
+struct RequestContext {
+    request_id: String,
+    started: Instant,
+}
+
+/// A caller's request id is echoed only if it is short, printable ASCII.
+fn is_acceptable_request_id(candidate: &str) -> bool {
+    (1..=128).contains(&candidate.len()) && candidate.bytes().all(|byte| byte.is_ascii_graphic())
+}
+
+/// Returns the request id in `x-request-id`, logs one access line, and records the request's
+/// metrics, labelled by route template, never by path.
+fn finish_request(
+    context: RequestContext,
+    method: warp::http::Method,
+    path: warp::path::FullPath,
+    reply: impl Reply,
+) -> Response {
+    let mut response = reply.into_response();
+    if let Ok(value) = warp::http::HeaderValue::from_str(&context.request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    let elapsed = context.started.elapsed();
+    let route = crate::metrics::route_label(path.as_str());
+    let status = response.status().as_u16();
+    tracing::info!(
+        request_id = %context.request_id,
+        method = %method,
+        route,
+        status,
+        elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route, "method" => method.to_string(), "status" => status.to_string())
         .increment(1);
-    metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION, "route" => route, "method" => method)
-        .record(info.elapsed().as_secs_f64());
+    metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION, "route" => route, "method" => method.to_string())
+        .record(elapsed.as_secs_f64());
+    response
 }
 
 /// Largest body of an admin request, in bytes.

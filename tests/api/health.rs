@@ -38,3 +38,23 @@ async fn unknown_routes_and_methods_get_bilingual_errors() {
     assert_error(response, 405, "method_not_allowed").await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let app = spawn_app().await;
+    let generated = app.get("/health").await;
+    let id = generated.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(id.len(), 36, "{id}");
+    let echoed = app
+        .request(reqwest::Method::GET, "/no-such-route")
+        .header("x-request-id", "scanner-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.status(), 404);
+    assert_eq!(echoed.headers()["x-request-id"], "scanner-42");
+    app.stop().await;
+}

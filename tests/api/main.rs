@@ -6,6 +6,7 @@ mod failures;
 mod governance;
 mod health;
 mod helpers;
+mod observability;
 mod process;
 mod reads;
 mod recovery;
