@@ -63,6 +63,8 @@ pub struct IngestSettings {
     pub max_batch_records: usize,
     pub batch_max_wait_secs: u64,
     pub max_total_backlog_records: i64,
+    pub admission_budget_bytes: u64,
+    pub admission_wait_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +171,8 @@ impl Settings {
             .set_default("ingest.max_batch_records", 10_000)?
             .set_default("ingest.batch_max_wait_secs", 30)?
             .set_default("ingest.max_total_backlog_records", 50_000_000)?
+            .set_default("ingest.admission_budget_bytes", 96 * 1024 * 1024)?
+            .set_default("ingest.admission_wait_secs", 30)?
             .set_default("writers.count", 4)?
             .set_default("writers.retry_base_ms", 100)?
             .set_default("writers.retry_cap_ms", 10_000)?

@@ -63,6 +63,9 @@ impl Application {
             engine,
             accepting: AtomicBool::new(true),
             metrics: crate::metrics::install(),
+            admission: Arc::new(tokio::sync::Semaphore::new(
+                (settings.ingest.admission_budget_bytes / 1024).clamp(1, u32::MAX as u64) as usize,
+            )),
             bootstrap_token_hash_opt: Some(settings.auth.bootstrap_admin_token.trim())
                 .filter(|token| !token.is_empty())
                 .map(crate::domain::auth::hash_secret),

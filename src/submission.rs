@@ -103,13 +103,16 @@ pub fn prepare_scan(
         }
     }
     let scan_id = Uuid::now_v7();
-    let records = encode_records(
+    let mut records = encode_records(
         &envelope.activities,
         tenant_id,
         Some(scan_id),
         max_records,
         chunk_records,
     )?;
+    for chunk in &mut records.chunks {
+        chunk.compress_for_staging();
+    }
     Ok(PreparedScan {
         tenant_id,
         scan_id,

@@ -88,6 +88,17 @@ impl ApiError {
         .with_retry_after(5)
     }
 
+    /// The engine is at its bounds (admission budget, pool): nothing was stored.
+    pub fn engine_saturated() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "engine_saturated",
+            "the engine is at capacity; nothing was stored, retry shortly",
+            "hệ thống đang quá tải; chưa có dữ liệu nào được lưu, vui lòng thử lại sau",
+        )
+        .with_retry_after(2)
+    }
+
     pub fn payload_too_large(limit: u64) -> ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -170,8 +181,12 @@ impl From<SubmissionError> for ApiError {
 }
 
 impl From<StoreError> for ApiError {
-    /// The database could not do what the request needs: the request can be retried.
+    /// The database could not do what the request needs: the request can be retried. A pool
+    /// that had no free connection in time means the engine is saturated, not the database down.
     fn from(error: StoreError) -> ApiError {
+        if matches!(error, StoreError::PoolTimeout) {
+            return ApiError::engine_saturated();
+        }
         tracing::warn!(%error, "request failed on the database");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

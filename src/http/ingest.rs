@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -13,7 +12,7 @@ use warp::reply::Response;
 use warp::Reply;
 
 use super::auth::authenticate;
-use super::{respond, ApiError, AppState, Query};
+use super::{admit, check_body_headers, respond, ApiError, AppState, PendingBody, Query};
 use crate::actors::messages::{BatchChunk, BatchChunkError, BatchSubmitted, ChunksStaged};
 use crate::domain::{Priority, RecordError, ScanStatus, TenantId};
 use crate::store::chunk_writes::ChunkSource;
@@ -28,7 +27,7 @@ const SCAN_LIST_MAX_LIMIT: i64 = 500;
 pub async fn submit_scan(
     state: Arc<AppState>,
     authorization_opt: Option<String>,
-    body: Result<Bytes, ApiError>,
+    body: PendingBody,
 ) -> Response {
     respond(count_rejection(
         submit_scan_inner(state, authorization_opt, body).await,
@@ -54,13 +53,21 @@ fn count_accepted(route: &'static str, valid: u64, invalid: u64) {
 async fn submit_scan_inner(
     state: Arc<AppState>,
     authorization_opt: Option<String>,
-    body: Result<Bytes, ApiError>,
+    body: PendingBody,
 ) -> Result<Response, ApiError> {
     let principal = authenticate(&state, authorization_opt.as_deref()).await?;
     if !state.is_accepting() {
         return Err(ApiError::shutting_down());
     }
-    let body = body?;
+    let limit = state.settings.http.max_scan_body_bytes;
+    check_body_headers(
+        body.content_type_opt.as_deref(),
+        body.content_length_opt.as_deref(),
+        limit,
+    )?;
+    // Held until the scan is staged: bounds the memory of scans in progress.
+    let _admitted = admit(&state, body.declared_length_opt(), limit).await?;
+    let body = body.read(limit).await?;
     let (max_records, chunk_records) = (
         state.settings.ingest.max_scan_records,
         state.settings.ingest.chunk_records,
@@ -280,7 +287,7 @@ pub async fn submit_batch(
     state: Arc<AppState>,
     authorization_opt: Option<String>,
     query: Query,
-    body: Result<Bytes, ApiError>,
+    body: PendingBody,
 ) -> Response {
     respond(count_rejection(
         submit_batch_inner(state, authorization_opt, query, body).await,
@@ -291,7 +298,7 @@ async fn submit_batch_inner(
     state: Arc<AppState>,
     authorization_opt: Option<String>,
     query: Query,
-    body: Result<Bytes, ApiError>,
+    body: PendingBody,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let principal = authenticate(&state, authorization_opt.as_deref()).await?;
@@ -300,7 +307,15 @@ async fn submit_batch_inner(
     }
     let tenant_id = tenant_from_query(&query)?;
     principal.require_tenant(tenant_id)?;
-    let body = body?;
+    let limit = state.settings.http.max_batch_body_bytes;
+    check_body_headers(
+        body.content_type_opt.as_deref(),
+        body.content_length_opt.as_deref(),
+        limit,
+    )?;
+    // Held until the batch is committed: bounds the memory of batches in progress.
+    let _admitted = admit(&state, body.declared_length_opt(), limit).await?;
+    let body = body.read(limit).await?;
     let (max_records, chunk_records) = (
         state.settings.ingest.max_batch_records,
         state.settings.ingest.chunk_records,

@@ -44,6 +44,33 @@ pub struct AppState {
     pub bootstrap_token_hash_opt: Option<[u8; 32]>,
     /// Renders `GET /metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Bounds the memory of submissions being read, parsed and staged (see [`admit`]).
+    pub admission: Arc<tokio::sync::Semaphore>,
+}
+
+/// Kibibytes a body of `bytes` is charged: the body, its encoded chunks and the staging
+/// statement's copy of them are alive at once.
+fn admission_charge_kib(bytes: u64, budget_kib: u32) -> u32 {
+    (bytes.saturating_mul(3) / 1024).clamp(1, budget_kib as u64) as u32
+}
+
+/// Waits until the submission's share of `ingest.admission_budget_bytes` is free, at most
+/// `ingest.admission_wait_secs`; then 503 `engine_saturated`. A body without a declared length
+/// is charged as if it were as large as the route allows.
+pub async fn admit(
+    state: &AppState,
+    declared_length_opt: Option<u64>,
+    body_limit: u64,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    let budget_kib =
+        (state.settings.ingest.admission_budget_bytes / 1024).clamp(1, u32::MAX as u64) as u32;
+    let declared = declared_length_opt.unwrap_or(body_limit).min(body_limit);
+    let charge = admission_charge_kib(declared, budget_kib);
+    let wait = std::time::Duration::from_secs(state.settings.ingest.admission_wait_secs);
+    match tokio::time::timeout(wait, state.admission.clone().acquire_many_owned(charge)).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(ApiError::engine_saturated()),
+    }
 }
 
 impl AppState {
@@ -98,12 +125,16 @@ pub fn routes(
             })
     };
     let small_body = json_body(ADMIN_BODY_LIMIT);
+    let pending_body = warp::header::optional::<String>("content-type")
+        .and(warp::header::optional::<String>("content-length"))
+        .and(warp::body::stream())
+        .map(PendingBody::new);
 
     let submit_scan = warp::path!("data-scans")
         .and(warp::post())
         .and(with_state.clone())
         .and(authorization)
-        .and(json_body(state.settings.http.max_scan_body_bytes))
+        .and(pending_body)
         .then(ingest::submit_scan);
     let get_scan = warp::path!("data-scans" / String)
         .and(warp::get())
@@ -122,7 +153,7 @@ pub fn routes(
         .and(with_state.clone())
         .and(authorization)
         .and(query)
-        .and(json_body(state.settings.http.max_batch_body_bytes))
+        .and(pending_body)
         .then(ingest::submit_batch);
     let compliance_summary = warp::path!("analytics" / "compliance-summary")
         .and(warp::get())
@@ -376,9 +407,65 @@ fn decode_component(text: &str) -> String {
 pub async fn read_json_body(
     content_type_opt: Option<String>,
     content_length_opt: Option<String>,
-    mut body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
     limit: u64,
 ) -> Result<Bytes, ApiError> {
+    check_body_headers(
+        content_type_opt.as_deref(),
+        content_length_opt.as_deref(),
+        limit,
+    )?;
+    collect_body(body, limit).await
+}
+
+/// A submission's body, not yet read: it is read only once the submission is admitted.
+pub struct PendingBody {
+    pub content_type_opt: Option<String>,
+    pub content_length_opt: Option<String>,
+    pub stream: futures_util::stream::BoxStream<'static, Result<Bytes, warp::Error>>,
+}
+
+impl PendingBody {
+    fn new(
+        content_type_opt: Option<String>,
+        content_length_opt: Option<String>,
+        stream: impl Stream<Item = Result<impl Buf + Send + 'static, warp::Error>> + Send + 'static,
+    ) -> PendingBody {
+        use futures_util::TryStreamExt;
+        PendingBody {
+            content_type_opt,
+            content_length_opt,
+            stream: StreamExt::boxed(stream.map_ok(|mut part| {
+                let remaining = part.remaining();
+                part.copy_to_bytes(remaining)
+            })),
+        }
+    }
+
+    /// The declared length, if any and well-formed.
+    pub fn declared_length_opt(&self) -> Option<u64> {
+        self.content_length_opt
+            .as_deref()
+            .and_then(|text| text.trim().parse().ok())
+    }
+
+    /// Checks the headers, then reads at most `limit` bytes.
+    pub async fn read(self, limit: u64) -> Result<Bytes, ApiError> {
+        check_body_headers(
+            self.content_type_opt.as_deref(),
+            self.content_length_opt.as_deref(),
+            limit,
+        )?;
+        collect_body(self.stream, limit).await
+    }
+}
+
+/// Refuses a non-JSON content type (415) and a declared length over `limit` (413).
+pub fn check_body_headers(
+    content_type_opt: Option<&str>,
+    content_length_opt: Option<&str>,
+    limit: u64,
+) -> Result<(), ApiError> {
     if let Some(content_type) = content_type_opt {
         let essence = content_type
             .split(';')
@@ -406,6 +493,13 @@ pub async fn read_json_body(
             return Err(ApiError::payload_too_large(limit));
         }
     }
+    Ok(())
+}
+
+async fn collect_body(
+    mut body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+    limit: u64,
+) -> Result<Bytes, ApiError> {
     let mut collected = BytesMut::new();
     while let Some(part) = body.next().await {
         let mut part = part.map_err(|_| {
@@ -479,5 +573,17 @@ mod tests {
             parse_query("x=%4"),
             HashMap::from([("x".to_string(), "%4".to_string())])
         );
+    }
+}
+
+#[cfg(test)]
+mod admission_tests {
+    use super::admission_charge_kib;
+
+    #[test]
+    fn a_submission_is_charged_three_times_its_body_within_the_budget() {
+        assert_eq!(admission_charge_kib(3 * 1024 * 1024, 98_304), 9 * 1024);
+        assert_eq!(admission_charge_kib(10, 98_304), 1);
+        assert_eq!(admission_charge_kib(64 * 1024 * 1024, 98_304), 98_304);
     }
 }

@@ -78,7 +78,7 @@ async fn apply_once(
             let row_opt = transaction
                 .query_opt(
                     "DELETE FROM staged_chunks WHERE tenant_id = $1 AND chunk_id = $2 \
-                     RETURNING scan_id, record_count, payload",
+                     RETURNING scan_id, record_count, payload, payload_encoding",
                     &[&tenant_id.0, chunk_id],
                 )
                 .await?;
@@ -89,7 +89,15 @@ async fn apply_once(
                     ..ChunkOutcome::default()
                 });
             };
-            let payload: Vec<u8> = row.get("payload");
+            let stored: Vec<u8> = row.get("payload");
+            let payload = match row.get::<_, &str>("payload_encoding") {
+                "lz4-copy-binary" => {
+                    lz4_flex::decompress_size_prepended(&stored).map_err(|error| {
+                        StoreError::Corrupt(format!("a staged chunk does not decompress: {error}"))
+                    })?
+                }
+                _ => stored,
+            };
             (
                 Some(row.get::<_, Uuid>("scan_id")),
                 Bytes::from(payload),

@@ -66,12 +66,26 @@ pub async fn checkout(
 ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, StoreError> {
     let attempts = pool.state().connections + 1;
     for _ in 0..attempts {
-        let connection = pool.get().await?;
+        let connection = get_or_explain(pool).await?;
         if !connection.is_closed() {
             return Ok(connection);
         }
     }
-    Ok(pool.get().await?)
+    get_or_explain(pool).await
+}
+
+/// A time-out from a pool that was not full means no connection could be opened: the database
+/// is unreachable, not the pool saturated.
+async fn get_or_explain(
+    pool: &Pool,
+) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, StoreError> {
+    match pool.get().await {
+        Ok(connection) => Ok(connection),
+        Err(bb8::RunError::TimedOut) if pool.state().connections < pool.config().max_size => {
+            Err(StoreError::Unreachable)
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Builds the request-path pool.

@@ -30,6 +30,8 @@ pub enum StoreError {
     Database(#[from] tokio_postgres::Error),
     #[error("no database connection became available in time")]
     PoolTimeout,
+    #[error("no database connection could be opened")]
+    Unreachable,
     #[error("the writer stopped before answering; nothing was committed")]
     WriterUnavailable,
     #[error("stored data is inconsistent: {0}")]
@@ -63,7 +65,9 @@ impl StoreError {
     /// a server shutting down or starting up, pool time-outs. Everything else is permanent.
     pub fn is_retryable(&self) -> bool {
         match self {
-            StoreError::PoolTimeout | StoreError::WriterUnavailable => true,
+            StoreError::PoolTimeout | StoreError::Unreachable | StoreError::WriterUnavailable => {
+                true
+            }
             StoreError::Corrupt(_) => false,
             StoreError::Database(error) => match error.code() {
                 None => true, // no SQLSTATE: the connection itself failed (I/O, closed)

@@ -20,6 +20,15 @@ pub struct EncodedChunk {
     pub payload: Vec<u8>,
 }
 
+impl EncodedChunk {
+    /// The form staging stores: lz4 with the uncompressed size prepended. Chunks of one scan
+    /// repeat much of their text (purposes, recipients, field names), so this cuts what staging
+    /// writes, and its WAL, several times, for far less CPU than TOAST's pglz would spend.
+    pub fn compress_for_staging(&mut self) {
+        self.payload = lz4_flex::compress_prepend_size(&self.payload);
+    }
+}
+
 /// A staged chunk as actors know it: a reference, never its records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkRef {
@@ -182,8 +191,8 @@ pub async fn stage_scan(
         .collect();
     let rows = transaction
         .query(
-            "INSERT INTO staged_chunks (tenant_id, scan_id, priority, record_count, payload) \
-             SELECT $1, $2, $3, staged.record_count, staged.payload \
+            "INSERT INTO staged_chunks (tenant_id, scan_id, priority, record_count, payload, payload_encoding) \
+             SELECT $1, $2, $3, staged.record_count, staged.payload, 'lz4-copy-binary' \
              FROM unnest($4::int4[], $5::bytea[]) WITH ORDINALITY AS staged (record_count, payload, position) \
              ORDER BY staged.position \
              RETURNING chunk_id, record_count",
