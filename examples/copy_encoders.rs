@@ -2,9 +2,11 @@
 //! the same rows into the same (temporary) table, in one run:
 //!
 //! ```sh
-//! cargo run --release --example copy_encoders -- postgres://postgres@127.0.0.1:5432/test 200000
+//! cargo run --release --example copy_encoders -- postgres://postgres@127.0.0.1:5432/test 200000 [chunk]
 //! ```
 //!
+//! With `chunk` (say 1000, the engine's `ingest.chunk_records`) the rows go in one `COPY`
+//! statement per chunk, as the engine's writers send them; without it, in one statement.
 //! The engine encodes when a submission is accepted and streams the bytes later; both timings
 //! are printed (encode, COPY) so the two approaches can be compared stage by stage.
 
@@ -32,12 +34,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let arguments: Vec<String> = std::env::args().collect();
     let url = arguments
         .get(1)
-        .ok_or("usage: copy_encoders <postgres url> [records]")?;
+        .ok_or("usage: copy_encoders <postgres url> [records] [chunk]")?;
     let count: usize = arguments
         .get(2)
         .map(|text| text.parse())
         .transpose()?
         .unwrap_or(200_000);
+    let chunk: usize = arguments
+        .get(3)
+        .map(|text| text.parse())
+        .transpose()?
+        .unwrap_or(count)
+        .max(1);
+    println!("{count} records, one COPY statement per {chunk} records");
     let config: tokio_postgres::Config = url.parse()?;
     let client = ingest_engine::store::connect(&config).await?;
     client.batch_execute(TABLE).await?;
@@ -69,29 +78,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await?;
         let tenant_id = Uuid::new_v4();
         let encode_started = Instant::now();
-        let mut payload = Vec::new();
-        for (index, record) in records.iter().enumerate() {
-            let placement = RecordPlacement {
-                id: Uuid::now_v7(),
-                tenant_id,
-                scan_id_opt: None,
-                record_index: index as i32,
-                created_at_unix_micros: now.timestamp_micros(),
-            };
-            copy_encoder::encode_record(&mut payload, &placement, record);
+        let mut payloads = Vec::with_capacity(count.div_ceil(chunk));
+        for (chunk_index, chunk_records) in records.chunks(chunk).enumerate() {
+            let mut payload = Vec::new();
+            for (offset, record) in chunk_records.iter().enumerate() {
+                let placement = RecordPlacement {
+                    id: Uuid::now_v7(),
+                    tenant_id,
+                    scan_id_opt: None,
+                    record_index: (chunk_index * chunk + offset) as i32,
+                    created_at_unix_micros: now.timestamp_micros(),
+                };
+                copy_encoder::encode_record(&mut payload, &placement, record);
+            }
+            payloads.push(payload);
         }
         let encode = encode_started.elapsed();
         let copy_started = Instant::now();
-        let sink = client
-            .copy_in::<_, Bytes>(&format!(
-                "COPY processing_activities ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)"
-            ))
-            .await?;
-        futures_util::pin_mut!(sink);
-        sink.feed(Bytes::from_static(COPY_HEADER)).await?;
-        sink.feed(Bytes::from(payload)).await?;
-        sink.feed(Bytes::from_static(COPY_TRAILER)).await?;
-        sink.as_mut().finish().await?;
+        for payload in payloads {
+            let sink = client
+                .copy_in::<_, Bytes>(&format!(
+                    "COPY processing_activities ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)"
+                ))
+                .await?;
+            futures_util::pin_mut!(sink);
+            sink.feed(Bytes::from_static(COPY_HEADER)).await?;
+            sink.feed(Bytes::from(payload)).await?;
+            sink.feed(Bytes::from_static(COPY_TRAILER)).await?;
+            sink.as_mut().finish().await?;
+        }
         let copy = copy_started.elapsed();
         report(round, "own encoder", count, encode, copy);
 
@@ -99,12 +114,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .batch_execute("TRUNCATE processing_activities")
             .await?;
         let tenant_id = Uuid::new_v4();
-        let started = Instant::now();
-        let sink = client
-            .copy_in(&format!(
-                "COPY processing_activities ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)"
-            ))
-            .await?;
         let types = [
             Type::UUID,
             Type::UUID,
@@ -119,38 +128,46 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Type::TEXT_ARRAY,
             Type::TIMESTAMPTZ,
         ];
-        let writer = BinaryCopyInWriter::new(sink, &types);
-        futures_util::pin_mut!(writer);
-        for (index, record) in records.iter().enumerate() {
-            let id = Uuid::now_v7();
-            let scan_id: Option<Uuid> = None;
-            let record_index = index as i32;
-            let data_fields: Vec<&str> = record
-                .data_fields
-                .iter()
-                .map(|field| field.as_ref())
-                .collect();
-            let recipients: Option<Vec<&str>> = record
-                .data_recipients_opt
-                .as_ref()
-                .map(|items| items.iter().map(|item| item.as_ref()).collect());
-            let row: [&(dyn ToSql + Sync); 12] = [
-                &id,
-                &tenant_id,
-                &scan_id,
-                &record_index,
-                &record.activity_name.as_ref(),
-                &record.pdpl_category.as_str(),
-                &data_fields,
-                &record.purpose_opt.as_deref(),
-                &record.legal_basis_opt.as_deref(),
-                &record.retention_period_opt.as_deref(),
-                &recipients,
-                &now,
-            ];
-            writer.as_mut().write(&row).await?;
+        let started = Instant::now();
+        for (chunk_index, chunk_records) in records.chunks(chunk).enumerate() {
+            let sink = client
+                .copy_in(&format!(
+                    "COPY processing_activities ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)"
+                ))
+                .await?;
+            let writer = BinaryCopyInWriter::new(sink, &types);
+            futures_util::pin_mut!(writer);
+            for (offset, record) in chunk_records.iter().enumerate() {
+                let id = Uuid::now_v7();
+                let scan_id: Option<Uuid> = None;
+                let record_index = (chunk_index * chunk + offset) as i32;
+                let data_fields: Vec<&str> = record
+                    .data_fields
+                    .iter()
+                    .map(|field| field.as_ref())
+                    .collect();
+                let recipients: Option<Vec<&str>> = record
+                    .data_recipients_opt
+                    .as_ref()
+                    .map(|items| items.iter().map(|item| item.as_ref()).collect());
+                let row: [&(dyn ToSql + Sync); 12] = [
+                    &id,
+                    &tenant_id,
+                    &scan_id,
+                    &record_index,
+                    &record.activity_name.as_ref(),
+                    &record.pdpl_category.as_str(),
+                    &data_fields,
+                    &record.purpose_opt.as_deref(),
+                    &record.legal_basis_opt.as_deref(),
+                    &record.retention_period_opt.as_deref(),
+                    &recipients,
+                    &now,
+                ];
+                writer.as_mut().write(&row).await?;
+            }
+            writer.finish().await?;
         }
-        writer.finish().await?;
         report(
             round,
             "BinaryCopyInWriter",

@@ -67,6 +67,12 @@ pub struct GlobalOptions {
     /// Longest one HTTP request may take.
     #[arg(long, global = true, default_value_t = 300)]
     pub request_timeout_secs: u64,
+    /// The `psql` of the second baseline (`\copy` of the same rows in COPY's text format).
+    #[arg(long, global = true, default_value = "psql")]
+    pub psql: String,
+    /// Run only the binary-COPY baseline, not `psql`'s `\copy`.
+    #[arg(long, global = true)]
+    pub no_psql_copy: bool,
 }
 
 #[derive(Subcommand, Debug, Clone, Serialize)]

@@ -13,6 +13,7 @@ mod data;
 mod database;
 mod engine_client;
 mod memory;
+mod psql_copy;
 mod report;
 mod scenarios;
 mod statistics;

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::chart::{self, TimelineSeries};
 use crate::database::Verification;
 use crate::memory::MemoryReport;
+use crate::psql_copy::PsqlCopyReport;
 use crate::statistics::{EndpointReport, LatencyHistogram, LatencySummary, TimelinePoint};
 
 /// Everything a scenario measured and verified.
@@ -118,6 +119,9 @@ pub struct BaselineReport {
     pub verification: Verification,
     pub timeline: Vec<TimelinePoint>,
     pub encoding_seconds: f64,
+    /// `psql`'s `\copy` of the same rows (text format), right after the binary COPY.
+    #[serde(rename = "psql_copy")]
+    pub psql_copy_opt: Option<PsqlCopyReport>,
 }
 
 /// Where a report went.

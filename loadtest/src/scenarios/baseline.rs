@@ -20,6 +20,7 @@ use crate::cli::BaselineOptions;
 use crate::copy_encoding::encode_scan;
 use crate::data::generate_records;
 use crate::database::{self, Verification};
+use crate::psql_copy;
 use crate::report::{
     common_summary_lines, number_en, number_vi, BaselineReport, DataReport, ScenarioReport,
     Throughput,
@@ -207,6 +208,21 @@ pub async fn measure(context: &Context, tenants: usize, records: usize) -> Basel
     if records_written as u64 != total_records {
         verification.passed = false;
     }
+    let psql_copy_opt = if context.global.no_psql_copy {
+        None
+    } else {
+        Some(
+            psql_copy::measure(
+                &context.global.psql,
+                &context.database_url,
+                seed,
+                tenants,
+                records,
+                writers,
+            )
+            .await,
+        )
+    };
     BaselineReport {
         copy_format: "binary",
         connections: writers,
@@ -225,6 +241,7 @@ pub async fn measure(context: &Context, tenants: usize, records: usize) -> Basel
         verification,
         timeline: timeline.points(),
         encoding_seconds,
+        psql_copy_opt,
     }
 }
 
@@ -260,6 +277,7 @@ fn failed_baseline(
         },
         timeline: Vec::new(),
         encoding_seconds,
+        psql_copy_opt: None,
     }
 }
 
@@ -267,7 +285,12 @@ fn failed_baseline(
 /// without a baseline is not failed by its absence.
 pub fn passed(baseline_opt: Option<&BaselineReport>) -> bool {
     baseline_opt.map_or(true, |baseline| {
-        baseline.verification.passed && baseline.failed_copy_statements == 0
+        baseline.verification.passed
+            && baseline.failed_copy_statements == 0
+            && baseline
+                .psql_copy_opt
+                .as_ref()
+                .map_or(true, |psql_copy| psql_copy.verification.passed)
     })
 }
 
@@ -297,6 +320,26 @@ pub fn push_baseline_summary(
         number_vi(baseline.copy_latency.p99_ms, 1),
         baseline.failed_copy_statements,
     ));
+    if let Some(psql_copy) = &baseline.psql_copy_opt {
+        english.push(format!(
+            "psql \\copy, text format ({} processes): {} records in {} s = {} records/s; verification {}{}.",
+            psql_copy.processes,
+            number_en(psql_copy.throughput.records as f64, 0),
+            number_en(psql_copy.throughput.seconds, 2),
+            number_en(psql_copy.throughput.records_per_second, 0),
+            if psql_copy.verification.passed { "passed" } else { "FAILED" },
+            psql_copy.errors.first().map(|error| format!(" ({error})")).unwrap_or_default(),
+        ));
+        vietnamese.push(format!(
+            "psql \\copy, định dạng văn bản ({} tiến trình): {} bản ghi trong {} giây = {} bản ghi/giây; kiểm tra dữ liệu {}{}.",
+            psql_copy.processes,
+            number_vi(psql_copy.throughput.records as f64, 0),
+            number_vi(psql_copy.throughput.seconds, 2),
+            number_vi(psql_copy.throughput.records_per_second, 0),
+            if psql_copy.verification.passed { "đạt" } else { "KHÔNG ĐẠT" },
+            psql_copy.errors.first().map(|error| format!(" ({error})")).unwrap_or_default(),
+        ));
+    }
     if !baseline.verification.passed {
         english.push(format!(
             "Baseline verification FAILED: {:?}",
