@@ -18,6 +18,8 @@ pub const SCANS_FINISHED: &str = "ingest_scans_finished_total";
 pub const HTTP_REQUESTS: &str = "ingest_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "ingest_http_request_duration_seconds";
 pub const CHUNK_WRITE_DURATION: &str = "ingest_chunk_write_duration_seconds";
+pub const SUBMISSION_STAGE_DURATION: &str = "ingest_submission_stage_duration_seconds";
+pub const CHUNK_STAGE_DURATION: &str = "ingest_chunk_stage_duration_seconds";
 pub const COPY_ROWS_PER_SECOND: &str = "ingest_copy_rows_per_second";
 pub const BACKLOG_RECORDS: &str = "ingest_backlog_records";
 pub const TENANT_BACKLOG_RECORDS: &str = "ingest_tenant_backlog_records";
@@ -48,6 +50,44 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Times the consecutive stages of one piece of work into one histogram: each
+/// [`StageTimer::lap`] records the time since the previous lap under its stage's label.
+pub struct StageTimer {
+    metric: &'static str,
+    kind_label: Option<(&'static str, &'static str)>,
+    last: std::time::Instant,
+}
+
+impl StageTimer {
+    pub fn submission(route: &'static str) -> StageTimer {
+        StageTimer {
+            metric: SUBMISSION_STAGE_DURATION,
+            kind_label: Some(("route", route)),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    pub fn chunk() -> StageTimer {
+        StageTimer {
+            metric: CHUNK_STAGE_DURATION,
+            kind_label: None,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    pub fn lap(&mut self, stage: &'static str) {
+        let now = std::time::Instant::now();
+        let seconds = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        match self.kind_label {
+            Some((name, value)) => {
+                metrics::histogram!(self.metric, name => value, "stage" => stage).record(seconds)
+            }
+            None => metrics::histogram!(self.metric, "stage" => stage).record(seconds),
+        }
+    }
+}
+
 /// Installs the Prometheus recorder (once per process) and returns the handle that renders
 /// `GET /metrics`.
 pub fn install() -> PrometheusHandle {
@@ -62,6 +102,18 @@ pub fn install() -> PrometheusHandle {
                     builder.set_buckets_for_metric(
                         Matcher::Full(HTTP_REQUEST_DURATION.into()),
                         HTTP_BUCKETS,
+                    )
+                })
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full(SUBMISSION_STAGE_DURATION.into()),
+                        HTTP_BUCKETS,
+                    )
+                })
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full(CHUNK_STAGE_DURATION.into()),
+                        CHUNK_WRITE_BUCKETS,
                     )
                 })
                 .expect("bucket lists are non-empty constants")
@@ -115,6 +167,18 @@ fn describe() {
         CHUNK_WRITE_DURATION,
         Unit::Seconds,
         "Duration of one chunk's write transaction."
+    );
+    describe_histogram!(
+        SUBMISSION_STAGE_DURATION,
+        Unit::Seconds,
+        "Time a submission spends in each stage before its answer, by route (scan, batch) and \
+         stage (admission_wait, body_read, parse_encode, stage for scans, write for batches)."
+    );
+    describe_histogram!(
+        CHUNK_STAGE_DURATION,
+        Unit::Seconds,
+        "Time of each stage of a chunk's write transaction, by stage (fetch: take the staged \
+         chunk and decompress it; copy; finish: advance the scan and commit)."
     );
     describe_gauge!(
         COPY_ROWS_PER_SECOND,

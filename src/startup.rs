@@ -66,6 +66,10 @@ impl Application {
             admission: Arc::new(tokio::sync::Semaphore::new(
                 (settings.ingest.admission_budget_bytes / 1024).clamp(1, u32::MAX as u64) as usize,
             )),
+            large_admission: Arc::new(tokio::sync::Semaphore::new(1)),
+            parsing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+            ),
             bootstrap_token_hash_opt: Some(settings.auth.bootstrap_admin_token.trim())
                 .filter(|token| !token.is_empty())
                 .map(crate::domain::auth::hash_secret),

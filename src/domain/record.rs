@@ -179,16 +179,98 @@ impl<'a> ProcessingActivity<'a> {
     }
 }
 
-/// The record's fields as raw JSON, before their rules are checked. `null` reads as absent.
+/// The record's fields as read in the one pass over its JSON, before their rules are checked.
+/// `null` reads as absent.
 #[derive(Default)]
 struct RawFields<'a> {
-    activity_name: Option<&'a RawValue>,
-    pdpl_category: Option<&'a RawValue>,
-    data_fields: Option<&'a RawValue>,
-    purpose: Option<&'a RawValue>,
-    legal_basis: Option<&'a RawValue>,
-    retention_period: Option<&'a RawValue>,
-    data_recipients: Option<&'a RawValue>,
+    activity_name: Option<FieldValue<'a>>,
+    pdpl_category: Option<FieldValue<'a>>,
+    data_fields: Option<FieldValue<'a>>,
+    purpose: Option<FieldValue<'a>>,
+    legal_basis: Option<FieldValue<'a>>,
+    retention_period: Option<FieldValue<'a>>,
+    data_recipients: Option<FieldValue<'a>>,
+}
+
+/// A field's JSON value, kept only as far as the record rules need it: strings (borrowed from
+/// the body when they hold no escapes), arrays of strings, or "something else".
+enum FieldValue<'a> {
+    Null,
+    Text(Cow<'a, str>),
+    /// An array; `None` stands for an item that is not a string.
+    List(Vec<Option<Cow<'a, str>>>),
+    Other,
+}
+
+impl<'de> de::Deserialize<'de> for FieldValue<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(FieldValueVisitor)
+    }
+}
+
+struct FieldValueVisitor;
+
+impl<'de> Visitor<'de> for FieldValueVisitor {
+    type Value = FieldValue<'de>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
+        Ok(FieldValue::Text(Cow::Borrowed(text)))
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+        Ok(FieldValue::Text(Cow::Owned(text.to_owned())))
+    }
+
+    fn visit_string<E>(self, text: String) -> Result<Self::Value, E> {
+        Ok(FieldValue::Text(Cow::Owned(text)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(FieldValue::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(FieldValue::Null)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(FieldValue::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(FieldValue::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(FieldValue::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(FieldValue::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map
+            .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(FieldValue::Other)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(4));
+        while let Some(item) = seq.next_element::<FieldValue<'de>>()? {
+            items.push(match item {
+                FieldValue::Text(text) => Some(text),
+                _ => None,
+            });
+        }
+        Ok(FieldValue::List(items))
+    }
 }
 
 /// Walks one record object, rejecting unknown and duplicate keys with a precise error that it
@@ -246,8 +328,8 @@ impl<'de> Visitor<'de> for RawFieldsSeed<'_> {
                 ));
                 return Err(de::Error::custom("duplicate field"));
             }
-            let value: &'de RawValue = map.next_value()?;
-            let value_opt = (value.get() != "null").then_some(value);
+            let value: FieldValue<'de> = map.next_value()?;
+            let value_opt = (!matches!(value, FieldValue::Null)).then_some(value);
             match position {
                 0 => fields.activity_name = value_opt,
                 1 => fields.pdpl_category = value_opt,
@@ -270,9 +352,9 @@ fn shorten(key: &str) -> String {
 fn required<'a>(
     index: usize,
     field: &str,
-    raw_opt: Option<&'a RawValue>,
-) -> Result<&'a RawValue, RecordError> {
-    raw_opt.ok_or_else(|| {
+    value_opt: Option<FieldValue<'a>>,
+) -> Result<FieldValue<'a>, RecordError> {
+    value_opt.ok_or_else(|| {
         RecordError::new(
             index,
             field,
@@ -282,82 +364,101 @@ fn required<'a>(
     })
 }
 
-/// A JSON string, borrowed from the body when it holds no escapes.
-fn string<'a>(index: usize, field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, RecordError> {
-    if let Ok(borrowed) = serde_json::from_str::<&'a str>(raw.get()) {
-        return Ok(Cow::Borrowed(borrowed));
+/// A JSON string.
+fn string<'a>(
+    index: usize,
+    field: &str,
+    value: FieldValue<'a>,
+) -> Result<Cow<'a, str>, RecordError> {
+    match value {
+        FieldValue::Text(text) => Ok(text),
+        _ => Err(RecordError::new(
+            index,
+            field,
+            format!("{field} must be a string"),
+            format!("{field} phải là chuỗi ký tự"),
+        )),
     }
-    serde_json::from_str::<String>(raw.get())
-        .map(Cow::Owned)
-        .map_err(|_| {
-            RecordError::new(
-                index,
-                field,
-                format!("{field} must be a string"),
-                format!("{field} phải là chuỗi ký tự"),
-            )
-        })
 }
 
 /// A string of at most `max_chars` characters without U+0000 (PostgreSQL cannot store it).
 fn text<'a>(
     index: usize,
     field: &str,
-    raw: &'a RawValue,
+    value: FieldValue<'a>,
     max_chars: usize,
 ) -> Result<Cow<'a, str>, RecordError> {
-    let value = string(index, field, raw)?;
+    let value = string(index, field, value)?;
     check_text(index, field, &value, max_chars)?;
     Ok(value)
 }
 
 fn check_text(index: usize, field: &str, value: &str, max_chars: usize) -> Result<(), RecordError> {
+    match text_problem(value, max_chars) {
+        None => Ok(()),
+        Some(problem) => Err(problem.error(index, field, max_chars)),
+    }
+}
+
+/// Why a string breaks the text rules.
+enum TextProblem {
+    TooLong,
+    Nul,
+}
+
+fn text_problem(value: &str, max_chars: usize) -> Option<TextProblem> {
     // A UTF-8 string never has more characters than bytes, so most strings skip the count.
     if value.len() > max_chars && value.chars().count() > max_chars {
-        return Err(RecordError::new(
-            index,
-            field,
-            format!("{field} must be at most {max_chars} characters"),
-            format!("{field} tối đa {max_chars} ký tự"),
-        ));
+        return Some(TextProblem::TooLong);
     }
-    if value.contains('\0') {
-        return Err(RecordError::new(
-            index,
-            field,
-            format!("{field} must not contain the NUL character (U+0000)"),
-            format!("{field} không được chứa ký tự NUL (U+0000)"),
-        ));
+    value.contains('\0').then_some(TextProblem::Nul)
+}
+
+impl TextProblem {
+    fn error(self, index: usize, field: &str, max_chars: usize) -> RecordError {
+        match self {
+            TextProblem::TooLong => RecordError::new(
+                index,
+                field,
+                format!("{field} must be at most {max_chars} characters"),
+                format!("{field} tối đa {max_chars} ký tự"),
+            ),
+            TextProblem::Nul => RecordError::new(
+                index,
+                field,
+                format!("{field} must not contain the NUL character (U+0000)"),
+                format!("{field} không được chứa ký tự NUL (U+0000)"),
+            ),
+        }
     }
-    Ok(())
 }
 
 fn optional_text<'a>(
     index: usize,
     field: &str,
-    raw_opt: Option<&'a RawValue>,
+    value_opt: Option<FieldValue<'a>>,
     max_chars: usize,
 ) -> Result<Option<Cow<'a, str>>, RecordError> {
-    raw_opt
-        .map(|raw| text(index, field, raw, max_chars))
+    value_opt
+        .map(|value| text(index, field, value, max_chars))
         .transpose()
 }
 
 fn text_list<'a>(
     index: usize,
     field: &str,
-    raw: &'a RawValue,
+    value: FieldValue<'a>,
     max_items: usize,
     max_item_chars: usize,
 ) -> Result<Vec<Cow<'a, str>>, RecordError> {
-    let items: Vec<&'a RawValue> = serde_json::from_str(raw.get()).map_err(|_| {
-        RecordError::new(
+    let FieldValue::List(items) = value else {
+        return Err(RecordError::new(
             index,
             field,
             format!("{field} must be an array of strings"),
             format!("{field} phải là một mảng chuỗi ký tự"),
-        )
-    })?;
+        ));
+    };
     if items.len() > max_items {
         return Err(RecordError::new(
             index,
@@ -370,9 +471,19 @@ fn text_list<'a>(
         .into_iter()
         .enumerate()
         .map(|(position, item)| {
-            let item_field = format!("{field}[{position}]");
-            let value = string(index, &item_field, item)?;
+            // The item's name ("data_fields[3]") is only built for an error message.
+            let item_field = || format!("{field}[{position}]");
+            let Some(value) = item else {
+                let item_field = item_field();
+                return Err(RecordError::new(
+                    index,
+                    &item_field,
+                    format!("{item_field} must be a string"),
+                    format!("{item_field} phải là chuỗi ký tự"),
+                ));
+            };
             if value.is_empty() {
+                let item_field = item_field();
                 return Err(RecordError::new(
                     index,
                     &item_field,
@@ -380,7 +491,9 @@ fn text_list<'a>(
                     format!("{item_field} không được để trống"),
                 ));
             }
-            check_text(index, &item_field, &value, max_item_chars)?;
+            if let Some(problem) = text_problem(&value, max_item_chars) {
+                return Err(problem.error(index, &item_field(), max_item_chars));
+            }
             Ok(value)
         })
         .collect()

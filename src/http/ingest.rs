@@ -15,6 +15,7 @@ use super::auth::authenticate;
 use super::{admit, check_body_headers, respond, ApiError, AppState, PendingBody, Query};
 use crate::actors::messages::{BatchChunk, BatchChunkError, BatchSubmitted, ChunksStaged};
 use crate::domain::{Priority, RecordError, ScanStatus, TenantId};
+use crate::metrics::StageTimer;
 use crate::store::chunk_writes::ChunkSource;
 use crate::store::queries::{self, ScanRow};
 use crate::store::staging::{self, NewScan, StagedScan};
@@ -65,19 +66,22 @@ async fn submit_scan_inner(
         body.content_length_opt.as_deref(),
         limit,
     )?;
+    let mut stages = StageTimer::submission("scan");
     // Held until the scan is staged: bounds the memory of scans in progress.
     let _admitted = admit(&state, body.declared_length_opt(), limit).await?;
+    stages.lap("admission_wait");
     let body = body.read(limit).await?;
+    stages.lap("body_read");
     let (max_records, chunk_records) = (
         state.settings.ingest.max_scan_records,
         state.settings.ingest.chunk_records,
     );
-    // Parsing and encoding a large scan is CPU work: keep it off the request threads.
-    let prepared: PreparedScan = tokio::task::spawn_blocking(move || {
-        submission::prepare_scan(&body, max_records, chunk_records)
-    })
-    .await
-    .map_err(|_| internal("parsing the scan stopped unexpectedly"))??;
+    let prepared: PreparedScan =
+        parse_off_request_threads(&state, "parsing the scan stopped unexpectedly", move || {
+            submission::prepare_scan(&body, max_records, chunk_records)
+        })
+        .await??;
+    stages.lap("parse_encode");
     principal.require_tenant(prepared.tenant_id)?;
     let valid_records: i64 = prepared
         .records
@@ -109,6 +113,7 @@ async fn submit_scan_inner(
     };
     let defaults = crate::actors::tenant_defaults(&state.settings);
     let staged = staging::stage_scan(&state.pool, &new_scan, defaults).await?;
+    stages.lap("stage");
     let scan = match staged {
         StagedScan::New { scan, chunks } => {
             count_accepted("scan", valid_records as u64, new_scan.records_failed as u64);
@@ -313,18 +318,23 @@ async fn submit_batch_inner(
         body.content_length_opt.as_deref(),
         limit,
     )?;
+    let mut stages = StageTimer::submission("batch");
     // Held until the batch is committed: bounds the memory of batches in progress.
     let _admitted = admit(&state, body.declared_length_opt(), limit).await?;
+    stages.lap("admission_wait");
     let body = body.read(limit).await?;
+    stages.lap("body_read");
     let (max_records, chunk_records) = (
         state.settings.ingest.max_batch_records,
         state.settings.ingest.chunk_records,
     );
-    let encoded = tokio::task::spawn_blocking(move || {
-        submission::prepare_batch(&body, tenant_id, max_records, chunk_records)
-    })
-    .await
-    .map_err(|_| internal("parsing the batch stopped unexpectedly"))??;
+    let encoded = parse_off_request_threads(
+        &state,
+        "parsing the batch stopped unexpectedly",
+        move || submission::prepare_batch(&body, tenant_id, max_records, chunk_records),
+    )
+    .await??;
+    stages.lap("parse_encode");
 
     // The tenant is registered (with default limits) before its actor reads them.
     let defaults = crate::actors::tenant_defaults(&state.settings);
@@ -370,6 +380,7 @@ async fn submit_batch_inner(
             }
         }
     }
+    stages.lap("write");
     if records_created == 0 {
         if let Some(error) = unwritten.first() {
             return Err(batch_refusal(error));
@@ -422,6 +433,25 @@ fn batch_refusal(error: &BatchChunkError) -> ApiError {
         )
         .with_retry_after(2),
     }
+}
+
+/// Parsing and encoding a submission is CPU work: it runs on tokio's blocking pool, off the
+/// request threads, and at most `state.parsing`'s permits (one per core) run at once. More
+/// would only share the same cores, so every submission would finish later: with one per
+/// core, submissions are parsed in arrival order and each is answered as soon as it can be.
+async fn parse_off_request_threads<T: Send + 'static>(
+    state: &AppState,
+    failure: &'static str,
+    parse: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _slot = state
+        .parsing
+        .acquire()
+        .await
+        .map_err(|_| ApiError::shutting_down())?;
+    tokio::task::spawn_blocking(parse)
+        .await
+        .map_err(|_| internal(failure))
 }
 
 fn internal(reason: &str) -> ApiError {

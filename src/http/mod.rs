@@ -46,7 +46,22 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Bounds the memory of submissions being read, parsed and staged (see [`admit`]).
     pub admission: Arc<tokio::sync::Semaphore>,
+    /// One permit: the turn of the one large submission that may wait for, or hold, the
+    /// admission budget at a time (see [`admit`]).
+    pub large_admission: Arc<tokio::sync::Semaphore>,
+    /// One permit per core: submissions parsed at once.
+    pub parsing: tokio::sync::Semaphore,
 }
+
+/// A submission's hold on the admission budget, released when dropped.
+pub struct Admission {
+    _budget: tokio::sync::OwnedSemaphorePermit,
+    _large_turn_opt: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// A submission charged more than this fraction of the budget is *large*: large submissions
+/// are admitted one at a time, in their own queue.
+const LARGE_SUBMISSION_BUDGET_DIVISOR: u32 = 4;
 
 /// Kibibytes a body of `bytes` is charged: the body, its encoded chunks and the staging
 /// statement's copy of them are alive at once.
@@ -57,18 +72,52 @@ fn admission_charge_kib(bytes: u64, budget_kib: u32) -> u32 {
 /// Waits until the submission's share of `ingest.admission_budget_bytes` is free, at most
 /// `ingest.admission_wait_secs`; then 503 `engine_saturated`. A body without a declared length
 /// is charged as if it were as large as the route allows.
+///
+/// The budget's queue is first come, first served, so a large submission waiting for most of
+/// the budget would hold every small one behind it. Large submissions (more than a quarter of
+/// the budget) therefore first wait for their turn in a queue of their own: at most one of
+/// them waits for, or holds, the budget, and it is charged at most three quarters of it, so
+/// small submissions always have the last quarter. A 1,000-record scan is then never queued
+/// behind a tenant's ten 100,000-record uploads. (What a large submission really holds can
+/// exceed its charge; with one at a time the excess is bounded by the route's body limit.)
 pub async fn admit(
     state: &AppState,
     declared_length_opt: Option<u64>,
     body_limit: u64,
-) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+) -> Result<Admission, ApiError> {
     let budget_kib =
         (state.settings.ingest.admission_budget_bytes / 1024).clamp(1, u32::MAX as u64) as u32;
     let declared = declared_length_opt.unwrap_or(body_limit).min(body_limit);
     let charge = admission_charge_kib(declared, budget_kib);
     let wait = std::time::Duration::from_secs(state.settings.ingest.admission_wait_secs);
-    match tokio::time::timeout(wait, state.admission.clone().acquire_many_owned(charge)).await {
-        Ok(Ok(permit)) => Ok(permit),
+    let small_share_kib = budget_kib / LARGE_SUBMISSION_BUDGET_DIVISOR;
+    let is_large = charge > small_share_kib;
+    // A large submission never takes the last quarter: that share stays for small ones.
+    let charge = if is_large {
+        charge.min(budget_kib - small_share_kib)
+    } else {
+        charge
+    };
+    let admitted = tokio::time::timeout(wait, async {
+        let large_turn_opt = if is_large {
+            Some(state.large_admission.clone().acquire_owned().await.ok()?)
+        } else {
+            None
+        };
+        let budget = state
+            .admission
+            .clone()
+            .acquire_many_owned(charge)
+            .await
+            .ok()?;
+        Some(Admission {
+            _budget: budget,
+            _large_turn_opt: large_turn_opt,
+        })
+    })
+    .await;
+    match admitted {
+        Ok(Some(admission)) => Ok(admission),
         _ => Err(ApiError::engine_saturated()),
     }
 }

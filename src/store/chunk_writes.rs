@@ -68,6 +68,7 @@ async fn apply_once(
     source: &ChunkSource,
     mode: Mode,
 ) -> Result<ChunkOutcome, StoreError> {
+    let mut stages = crate::metrics::StageTimer::chunk();
     let transaction = client.transaction().await?;
     let (scan_id_opt, payload, record_count) = match source {
         ChunkSource::Inline {
@@ -106,6 +107,7 @@ async fn apply_once(
         }
     };
 
+    stages.lap("fetch");
     let mut outcome = match mode {
         Mode::Whole => {
             copy_tuples(&transaction, std::slice::from_ref(&payload)).await?;
@@ -116,11 +118,13 @@ async fn apply_once(
         }
         Mode::Isolate => isolate(&transaction, tenant_id, scan_id_opt, &payload).await?,
     };
+    stages.lap("copy");
     if let Some(scan_id) = scan_id_opt {
         outcome.finished_scan_opt =
             advance_scan(&transaction, tenant_id, scan_id, &outcome).await?;
     }
     transaction.commit().await?;
+    stages.lap("finish");
     Ok(outcome)
 }
 

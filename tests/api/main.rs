@@ -1,5 +1,6 @@
 //! Integration tests: the real engine, real HTTP, a real PostgreSQL.
 
+mod admission;
 mod batch;
 mod embedded;
 mod failures;
