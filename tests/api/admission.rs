@@ -72,7 +72,9 @@ async fn a_submission_that_cannot_be_admitted_in_time_gets_503_engine_saturated(
 
 #[tokio::test]
 async fn a_small_scan_is_not_queued_behind_large_uploads() {
-    let app = app_with_small_budget(5).await;
+    // Without the lane, the small scan would wait behind the second upload until that one gave
+    // up after 30 s.
+    let app = app_with_small_budget(30).await;
     // The first large upload holds most of the budget; the second waits for it, in the queue
     // of large submissions, not in front of small ones.
     let _first = stalled_upload(&app, LARGE_BODY_BYTES).await;
@@ -88,6 +90,10 @@ async fn a_small_scan_is_not_queued_behind_large_uploads() {
         202,
         "answered {} after {waited:?}",
         response.status()
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "the small scan waited {waited:?} behind the large uploads"
     );
     let body: serde_json::Value = response.json().await.expect("a scan is JSON");
     assert_eq!(body["records_total"], json!(10));
