@@ -98,20 +98,30 @@ pub async fn connect(database_url: &str) -> Result<Client, String> {
     Ok(client)
 }
 
+impl Verification {
+    /// A verification of `expected_rows` that has not (or could not) run: it does not pass.
+    pub fn not_passed(
+        expected_rows: &BTreeMap<Uuid, i64>,
+        error_opt: Option<String>,
+    ) -> Verification {
+        Verification {
+            passed: false,
+            tenants_checked: expected_rows.len(),
+            rows_expected: expected_rows.values().sum(),
+            rows_found: 0,
+            mismatches: Vec::new(),
+            mismatched_tenants: 0,
+            duplicate_groups: 0,
+            error_opt,
+        }
+    }
+}
+
 /// Checks that each tenant of `expected_rows` has exactly that many rows, and that no
 /// `(tenant_id, scan_id, record_index)` is present twice. Never fails: a database error is
 /// recorded in the verification, which then does not pass.
 pub async fn verify(database_url: &str, expected_rows: &BTreeMap<Uuid, i64>) -> Verification {
-    let mut verification = Verification {
-        passed: false,
-        tenants_checked: expected_rows.len(),
-        rows_expected: expected_rows.values().sum(),
-        rows_found: 0,
-        mismatches: Vec::new(),
-        mismatched_tenants: 0,
-        duplicate_groups: 0,
-        error_opt: None,
-    };
+    let mut verification = Verification::not_passed(expected_rows, None);
     if let Err(error) = verify_into(database_url, expected_rows, &mut verification).await {
         verification.error_opt = Some(error);
         return verification;

@@ -139,16 +139,7 @@ fn not_measured(
             records_per_second: 0.0,
             measured: "not measured".to_string(),
         },
-        verification: Verification {
-            passed: false,
-            tenants_checked: expected_rows.len(),
-            rows_expected: expected_rows.values().sum(),
-            rows_found: 0,
-            mismatches: Vec::new(),
-            mismatched_tenants: 0,
-            duplicate_groups: 0,
-            error_opt: Some(error.clone()),
-        },
+        verification: Verification::not_passed(&expected_rows, Some(error.clone())),
         errors: vec![error],
     }
 }

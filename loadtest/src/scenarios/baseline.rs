@@ -131,13 +131,7 @@ pub async fn measure(context: &Context, tenants: usize, records: usize) -> Basel
         }
     }
     if let Some(error) = connect_error_opt {
-        return failed_baseline(
-            writers,
-            total_records,
-            encoding_seconds,
-            expected_rows,
-            error,
-        );
+        return failed_baseline(writers, encoding_seconds, &expected_rows, error);
     }
 
     let queue = Arc::new(Mutex::new(jobs.into_iter().collect::<VecDeque<CopyJob>>()));
@@ -247,9 +241,8 @@ pub async fn measure(context: &Context, tenants: usize, records: usize) -> Basel
 
 fn failed_baseline(
     writers: usize,
-    total_records: u64,
     encoding_seconds: f64,
-    expected_rows: BTreeMap<Uuid, i64>,
+    expected_rows: &BTreeMap<Uuid, i64>,
     error: String,
 ) -> BaselineReport {
     BaselineReport {
@@ -265,16 +258,7 @@ fn failed_baseline(
             measured: "not measured: no database connection".to_string(),
         },
         copy_latency: LatencyHistogram::new().summary(),
-        verification: Verification {
-            passed: false,
-            tenants_checked: expected_rows.len(),
-            rows_expected: total_records as i64,
-            rows_found: 0,
-            mismatches: Vec::new(),
-            mismatched_tenants: 0,
-            duplicate_groups: 0,
-            error_opt: Some(error),
-        },
+        verification: Verification::not_passed(expected_rows, Some(error)),
         timeline: Vec::new(),
         encoding_seconds,
         psql_copy_opt: None,
