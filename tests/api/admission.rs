@@ -98,3 +98,26 @@ async fn a_small_scan_is_not_queued_behind_large_uploads() {
     let body: serde_json::Value = response.json().await.expect("a scan is JSON");
     assert_eq!(body["records_total"], json!(10));
 }
+
+#[tokio::test]
+async fn an_upload_larger_than_the_budget_leaves_a_quarter_of_it_to_small_scans() {
+    // 900 kB is charged 2.6 MiB, more than the whole 1 MiB budget: it is admitted alone, but
+    // charged only three quarters of the budget.
+    let app = app_with_small_budget(30).await;
+    let _huge = stalled_upload(&app, 900_000).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = Instant::now();
+    let response = app.post_scan(Uuid::new_v4(), activities(10)).await;
+    let waited = started.elapsed();
+    assert_eq!(
+        response.status(),
+        202,
+        "answered {} after {waited:?}",
+        response.status()
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "the small scan waited {waited:?} behind the huge upload"
+    );
+}
