@@ -1,7 +1,7 @@
 //! Failure paths: poison records and dead letters, a PostgreSQL restart mid-ingestion, SIGKILL
 //! at several points of ingestion, and a battery of hostile requests.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -196,11 +196,13 @@ async fn every_scan_completes_exactly_across_a_postgresql_restart() {
         );
     }
     // Wait for writing to be under way, then restart PostgreSQL under the writers.
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let scan = app.get_scan(tenants[0], &scan_ids[0]).await;
         if scan["records_processed"].as_i64().unwrap() > 0 {
             break;
         }
+        assert!(Instant::now() < deadline, "nothing written: {scan}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::task::spawn_blocking(move || cluster.stop())

@@ -200,6 +200,15 @@ pub struct TestApp {
     running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// An HTTP client whose requests give up after two minutes, so a stuck engine fails its test
+/// instead of hanging the suite.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("an HTTP client")
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
@@ -225,7 +234,7 @@ pub async fn spawn_app_on(database: Config, customize: impl FnOnce(&mut Settings
         address,
         token: BOOTSTRAP_ADMIN_TOKEN.into(),
         database,
-        http: reqwest::Client::new(),
+        http: http_client(),
         stop: Some(stop),
         running: Some(running),
     }

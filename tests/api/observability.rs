@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{activities, repository_path, scratch_directory, spawn_app, TestApp};
+use crate::helpers::{
+    activities, http_client, repository_path, scratch_directory, spawn_app, TestApp,
+};
 
 fn tool(name: &str) -> String {
     let path = format!("/usr/bin/{name}");
@@ -230,7 +232,7 @@ async fn a_real_prometheus_scrapes_records_written_and_chunk_write_times() {
     let target = app.address.trim_start_matches("http://").to_string();
     let prometheus = start_prometheus(&target);
     ingest_something(&app).await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let written = query_value(&http, &prometheus.address, "ingest_records_written_total").await;
