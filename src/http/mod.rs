@@ -143,15 +143,20 @@ pub fn routes(
         .unify()
         .map(|raw: String| parse_query(&raw));
 
-    let health = warp::path!("health").and(warp::get()).map(health::liveness);
+    let health = warp::path!("health")
+        .and(warp::get())
+        .map(health::liveness)
+        .boxed();
     let health_database = warp::path!("health" / "database")
         .and(warp::get())
         .and(with_state.clone())
-        .then(health::database);
+        .then(health::database)
+        .boxed();
     let health_connection_pools = warp::path!("health" / "connection-pools")
         .and(warp::get())
         .and(with_state.clone())
-        .map(health::connection_pools);
+        .map(health::connection_pools)
+        .boxed();
 
     let metrics_route = warp::path!("metrics")
         .and(warp::get())
@@ -163,7 +168,8 @@ pub fn routes(
                 "text/plain; version=0.0.4; charset=utf-8",
             )
             .into_response()
-        });
+        })
+        .boxed();
     let authorization = warp::header::optional::<String>("authorization");
     let json_body = |limit: u64| {
         warp::header::optional::<String>("content-type")
@@ -184,38 +190,44 @@ pub fn routes(
         .and(with_state.clone())
         .and(authorization)
         .and(pending_body)
-        .then(ingest::submit_scan);
+        .then(ingest::submit_scan)
+        .boxed();
     let get_scan = warp::path!("data-scans" / String)
         .and(warp::get())
         .and(with_state.clone())
         .and(authorization)
         .and(query)
-        .then(ingest::get_scan);
+        .then(ingest::get_scan)
+        .boxed();
     let list_scans = warp::path!("data-scans")
         .and(warp::get())
         .and(with_state.clone())
         .and(authorization)
         .and(query)
-        .then(ingest::list_scans);
+        .then(ingest::list_scans)
+        .boxed();
     let submit_batch = warp::path!("batch" / "processing-activities")
         .and(warp::post())
         .and(with_state.clone())
         .and(authorization)
         .and(query)
         .and(pending_body)
-        .then(ingest::submit_batch);
+        .then(ingest::submit_batch)
+        .boxed();
     let compliance_summary = warp::path!("analytics" / "compliance-summary")
         .and(warp::get())
         .and(with_state.clone())
         .and(authorization)
         .and(query)
-        .then(analytics::compliance_summary);
+        .then(analytics::compliance_summary)
+        .boxed();
     let processing_activities = warp::path!("analytics" / "processing-activities")
         .and(warp::get())
         .and(with_state.clone())
         .and(authorization)
         .and(query)
-        .then(analytics::processing_activities);
+        .then(analytics::processing_activities)
+        .boxed();
 
     let create_tenant = warp::path!("admin" / "tenants")
         .and(warp::post())
@@ -229,17 +241,20 @@ pub fn routes(
                     Err(error) => error.into_response(),
                 }
             },
-        );
+        )
+        .boxed();
     let list_tenants = warp::path!("admin" / "tenants")
         .and(warp::get())
         .and(with_state.clone())
         .and(authorization)
-        .then(admin::list_tenants);
+        .then(admin::list_tenants)
+        .boxed();
     let show_tenant = warp::path!("admin" / "tenants" / String)
         .and(warp::get())
         .and(with_state.clone())
         .and(authorization)
-        .then(admin::show_tenant);
+        .then(admin::show_tenant)
+        .boxed();
     let set_limits = warp::path!("admin" / "tenants" / String / "limits")
         .and(warp::put())
         .and(with_state.clone())
@@ -252,17 +267,20 @@ pub fn routes(
                     Err(error) => error.into_response(),
                 }
             },
-        );
+        )
+        .boxed();
     let pause = warp::path!("admin" / "tenants" / String / "pause")
         .and(warp::post())
         .and(with_state.clone())
         .and(authorization)
-        .then(admin::pause);
+        .then(admin::pause)
+        .boxed();
     let resume = warp::path!("admin" / "tenants" / String / "resume")
         .and(warp::post())
         .and(with_state.clone())
         .and(authorization)
-        .then(admin::resume);
+        .then(admin::resume)
+        .boxed();
     let mint_key = warp::path!("admin" / "keys")
         .and(warp::post())
         .and(with_state.clone())
@@ -275,24 +293,28 @@ pub fn routes(
                     Err(error) => error.into_response(),
                 }
             },
-        );
+        )
+        .boxed();
     let revoke_key = warp::path!("admin" / "keys" / String)
         .and(warp::delete())
         .and(with_state.clone())
         .and(authorization)
-        .then(admin::revoke_key);
+        .then(admin::revoke_key)
+        .boxed();
 
     let list_dead_letters = warp::path!("admin" / "dead-letters")
         .and(warp::get())
         .and(with_state.clone())
         .and(authorization)
         .and(query)
-        .then(admin::list_dead_letters);
+        .then(admin::list_dead_letters)
+        .boxed();
     let replay_dead_letter = warp::path!("admin" / "dead-letters" / String / "replay")
         .and(warp::post())
         .and(with_state.clone())
         .and(authorization)
-        .then(admin::replay_dead_letter);
+        .then(admin::replay_dead_letter)
+        .boxed();
 
     let admin_routes = create_tenant
         .or(list_tenants)
@@ -312,7 +334,8 @@ pub fn routes(
         .or(list_dead_letters)
         .unify()
         .or(replay_dead_letter)
-        .unify();
+        .unify()
+        .boxed();
 
     let all_routes = health
         .or(health_database)
