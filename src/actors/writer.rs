@@ -21,12 +21,12 @@ use std::panic::AssertUnwindSafe;
 
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
-use tokio_postgres::{Client, Config};
+use tokio_postgres::Config;
 
 use super::messages::WriteChunk;
 use crate::domain::Priority;
-use crate::store::chunk_writes::{self, ChunkOutcome};
-use crate::store::{connect, StoreError};
+use crate::store::chunk_writes::{ChunkOutcome, WriteConnection};
+use crate::store::StoreError;
 
 /// A writer's mailbox holds at most one chunk: chunks wait at the pool's gate, which hands a
 /// writer one chunk at a time. The capacity only leaves room for supervision messages.
@@ -36,7 +36,7 @@ pub struct Writer {
     index: usize,
     database: Config,
     /// `None` until the first chunk, and after a restart.
-    client_opt: Option<Client>,
+    connection_opt: Option<WriteConnection>,
     counters: Arc<WriterCounters>,
 }
 
@@ -54,7 +54,7 @@ impl Writer {
         Writer {
             index,
             database,
-            client_opt: None,
+            connection_opt: None,
             counters,
         }
     }
@@ -95,7 +95,7 @@ fn record_chunk_metrics(elapsed: Duration, outcome: &Result<ChunkOutcome, StoreE
 
 impl Supervised for Writer {
     fn restarting(&mut self, _context: &mut Context<Self>) {
-        self.client_opt = None;
+        self.connection_opt = None;
         self.counters.restarts.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(crate::metrics::WRITER_RESTARTS).increment(1);
         tracing::warn!(writer = self.index, "writer restarted");
@@ -108,21 +108,22 @@ impl Handler<WriteChunk> for Writer {
     /// Atomic: the mailbox waits while a chunk is written, so the connection serves one
     /// transaction at a time.
     fn handle(&mut self, message: WriteChunk, _context: &mut Context<Self>) -> Self::Result {
-        let client_opt = self.client_opt.take();
+        let connection_opt = self.connection_opt.take();
         let database = self.database.clone();
         let work = async move {
-            let mut client = match client_opt {
-                Some(client) if !client.is_closed() => client,
-                _ => match connect(&database).await {
-                    Ok(client) => client,
-                    Err(error) => return (Err(StoreError::Database(error)), None),
+            let connection = match connection_opt {
+                Some(connection) if !connection.is_closed() => connection,
+                _ => match WriteConnection::open(&database).await {
+                    Ok(connection) => connection,
+                    Err(error) => return (Err(error), None),
                 },
             };
             let started = Instant::now();
-            let outcome =
-                chunk_writes::apply_chunk(&mut client, message.tenant_id, &message.source).await;
+            let outcome = connection
+                .apply_chunk(message.tenant_id, &message.source)
+                .await;
             record_chunk_metrics(started.elapsed(), &outcome);
-            (outcome, Some(client))
+            (outcome, Some(connection))
         };
         // A panic while writing must not take the actor system down: it becomes a retryable
         // failure, the connection (in an unknown state) is dropped, and the writer restarts.
@@ -133,15 +134,15 @@ impl Handler<WriteChunk> for Writer {
             })
         });
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
-            |(outcome, client_opt), writer, context| {
+            |(outcome, connection_opt), writer, context| {
                 writer.counters.queued.fetch_sub(1, Ordering::Relaxed);
                 let connection_failed = outcome
                     .as_ref()
                     .err()
                     .is_some_and(StoreError::is_connection_failure);
-                match client_opt {
-                    Some(client) if !client.is_closed() && !connection_failed => {
-                        writer.client_opt = Some(client)
+                match connection_opt {
+                    Some(connection) if !connection.is_closed() && !connection_failed => {
+                        writer.connection_opt = Some(connection)
                     }
                     _ => {
                         // Broken, shutting down or never opened: the supervisor restarts this

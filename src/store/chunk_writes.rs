@@ -14,11 +14,12 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Config, Row, Statement, ToStatement, Transaction};
 use uuid::Uuid;
 
 use super::copy_encoder::{self, COPY_COLUMNS, COPY_HEADER, COPY_TRAILER};
-use super::StoreError;
+use super::{connect, StoreError};
 use crate::domain::{ScanStatus, TenantId};
 
 /// What applying a chunk did.
@@ -41,19 +42,171 @@ pub enum ChunkSource {
     Inline { payload: Bytes, record_count: i32 },
 }
 
-/// Applies one chunk of `tenant_id`; see the module documentation.
-pub async fn apply_chunk(
-    client: &mut Client,
-    tenant_id: TenantId,
-    source: &ChunkSource,
-) -> Result<ChunkOutcome, StoreError> {
-    match apply_once(client, tenant_id, source, Mode::Whole).await {
-        Err(error) if !error.is_retryable() => {
-            tracing::warn!(%tenant_id, %error, "chunk refused; isolating the records at fault");
-            apply_once(client, tenant_id, source, Mode::Isolate).await
-        }
-        outcome => outcome,
+/// A writer's dedicated connection, with the statements every chunk runs prepared once when it
+/// opens: a chunk then costs no parse or describe round trip.
+pub struct WriteConnection {
+    client: Client,
+    take_staged: Statement,
+    copy: Statement,
+    advance_scan: Statement,
+}
+
+const TAKE_STAGED: &str = "DELETE FROM staged_chunks WHERE tenant_id = $1 AND chunk_id = $2 \
+     RETURNING scan_id, record_count, payload, payload_encoding";
+
+const ADVANCE_SCAN: &str = "UPDATE scans SET \
+        records_processed = records_processed + $3, \
+        records_failed = records_failed + $4, \
+        started_at = coalesce(started_at, now()), \
+        status = CASE \
+            WHEN records_processed + records_failed + $3 + $4 < records_total THEN 'processing' \
+            WHEN records_failed + $4 > 0 THEN 'completed_with_errors' \
+            ELSE 'completed' END, \
+        completed_at = CASE \
+            WHEN records_processed + records_failed + $3 + $4 < records_total THEN NULL \
+            ELSE now() END \
+     WHERE tenant_id = $1 AND scan_id = $2 \
+     RETURNING status";
+
+fn copy_statement() -> String {
+    format!("COPY processing_activities ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)")
+}
+
+impl WriteConnection {
+    /// Connects and prepares the three statements, in one pipelined round trip.
+    pub async fn open(database: &Config) -> Result<WriteConnection, StoreError> {
+        let client = connect(database).await?;
+        let copy = copy_statement();
+        let (take_staged, copy, advance_scan) = tokio::try_join!(
+            client.prepare(TAKE_STAGED),
+            client.prepare(&copy),
+            client.prepare(ADVANCE_SCAN),
+        )?;
+        Ok(WriteConnection {
+            client,
+            take_staged,
+            copy,
+            advance_scan,
+        })
     }
+
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Applies one chunk of `tenant_id`; see the module documentation.
+    pub async fn apply_chunk(
+        &self,
+        tenant_id: TenantId,
+        source: &ChunkSource,
+    ) -> Result<ChunkOutcome, StoreError> {
+        match self.apply_once(tenant_id, source, Mode::Whole).await {
+            Err(error) if !error.is_retryable() => {
+                tracing::warn!(%tenant_id, %error, "chunk refused; isolating the records at fault");
+                self.apply_once(tenant_id, source, Mode::Isolate).await
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// One transaction, opened and closed by hand so that `BEGIN` travels with the chunk's
+    /// first statement and `COMMIT` with its last. Any error rolls it back before returning, so
+    /// the connection is always left outside a transaction.
+    async fn apply_once(
+        &self,
+        tenant_id: TenantId,
+        source: &ChunkSource,
+        mode: Mode,
+    ) -> Result<ChunkOutcome, StoreError> {
+        let outcome = self.transaction(tenant_id, source, mode).await;
+        if outcome.is_err() && !self.client.is_closed() {
+            // Outside a transaction (the error came with COMMIT) this only draws a warning.
+            let _ = self.client.batch_execute("ROLLBACK").await;
+        }
+        outcome
+    }
+
+    async fn transaction(
+        &self,
+        tenant_id: TenantId,
+        source: &ChunkSource,
+        mode: Mode,
+    ) -> Result<ChunkOutcome, StoreError> {
+        let client = &self.client;
+        let mut stages = crate::metrics::StageTimer::chunk();
+        let (scan_id_opt, payload, record_count) = match source {
+            ChunkSource::Inline {
+                payload,
+                record_count,
+            } => {
+                client.batch_execute("BEGIN").await?;
+                (None, payload.clone(), *record_count)
+            }
+            ChunkSource::Staged { chunk_id } => {
+                let parameters: [&(dyn ToSql + Sync); 2] = [&tenant_id.0, chunk_id];
+                let ((), row_opt) = tokio::try_join!(
+                    client.batch_execute("BEGIN"),
+                    client.query_opt(&self.take_staged, &parameters),
+                )?;
+                let Some(row) = row_opt else {
+                    client.batch_execute("COMMIT").await?;
+                    return Ok(ChunkOutcome {
+                        already_applied: true,
+                        ..ChunkOutcome::default()
+                    });
+                };
+                let (scan_id, record_count, payload) = staged_payload(&row)?;
+                (Some(scan_id), payload, record_count)
+            }
+        };
+        stages.lap("fetch");
+        let mut outcome = match mode {
+            Mode::Whole => {
+                copy_tuples(client, &self.copy, std::slice::from_ref(&payload)).await?;
+                ChunkOutcome {
+                    written: record_count as u64,
+                    ..ChunkOutcome::default()
+                }
+            }
+            Mode::Isolate => isolate(client, &self.copy, tenant_id, scan_id_opt, &payload).await?,
+        };
+        stages.lap("copy");
+        match scan_id_opt {
+            Some(scan_id) => {
+                let written = outcome.written as i32;
+                let failed = outcome.dead_lettered as i32;
+                // If the update fails, PostgreSQL answers the COMMIT behind it with a rollback.
+                let parameters: [&(dyn ToSql + Sync); 4] =
+                    [&tenant_id.0, &scan_id, &written, &failed];
+                let (row_opt, ()) = tokio::try_join!(
+                    client.query_opt(&self.advance_scan, &parameters),
+                    client.batch_execute("COMMIT"),
+                )?;
+                outcome.finished_scan_opt = row_opt
+                    .and_then(|row| ScanStatus::parse(row.get("status")))
+                    .filter(|status| *status != ScanStatus::Processing);
+            }
+            None => client.batch_execute("COMMIT").await?,
+        }
+        stages.lap("finish");
+        Ok(outcome)
+    }
+}
+
+/// A staged row's scan, record count and decompressed tuples.
+fn staged_payload(row: &Row) -> Result<(Uuid, i32, Bytes), StoreError> {
+    let stored: Vec<u8> = row.get("payload");
+    let payload = match row.get::<_, &str>("payload_encoding") {
+        "lz4-copy-binary" => lz4_flex::decompress_size_prepended(&stored).map_err(|error| {
+            StoreError::Corrupt(format!("a staged chunk does not decompress: {error}"))
+        })?,
+        _ => stored,
+    };
+    Ok((
+        row.get("scan_id"),
+        row.get("record_count"),
+        Bytes::from(payload),
+    ))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,80 +215,13 @@ enum Mode {
     Isolate,
 }
 
-async fn apply_once(
-    client: &mut Client,
-    tenant_id: TenantId,
-    source: &ChunkSource,
-    mode: Mode,
-) -> Result<ChunkOutcome, StoreError> {
-    let mut stages = crate::metrics::StageTimer::chunk();
-    let transaction = client.transaction().await?;
-    let (scan_id_opt, payload, record_count) = match source {
-        ChunkSource::Inline {
-            payload,
-            record_count,
-        } => (None, payload.clone(), *record_count),
-        ChunkSource::Staged { chunk_id } => {
-            let row_opt = transaction
-                .query_opt(
-                    "DELETE FROM staged_chunks WHERE tenant_id = $1 AND chunk_id = $2 \
-                     RETURNING scan_id, record_count, payload, payload_encoding",
-                    &[&tenant_id.0, chunk_id],
-                )
-                .await?;
-            let Some(row) = row_opt else {
-                transaction.commit().await?;
-                return Ok(ChunkOutcome {
-                    already_applied: true,
-                    ..ChunkOutcome::default()
-                });
-            };
-            let stored: Vec<u8> = row.get("payload");
-            let payload = match row.get::<_, &str>("payload_encoding") {
-                "lz4-copy-binary" => {
-                    lz4_flex::decompress_size_prepended(&stored).map_err(|error| {
-                        StoreError::Corrupt(format!("a staged chunk does not decompress: {error}"))
-                    })?
-                }
-                _ => stored,
-            };
-            (
-                Some(row.get::<_, Uuid>("scan_id")),
-                Bytes::from(payload),
-                row.get::<_, i32>("record_count"),
-            )
-        }
-    };
-
-    stages.lap("fetch");
-    let mut outcome = match mode {
-        Mode::Whole => {
-            copy_tuples(&transaction, std::slice::from_ref(&payload)).await?;
-            ChunkOutcome {
-                written: record_count as u64,
-                ..ChunkOutcome::default()
-            }
-        }
-        Mode::Isolate => isolate(&transaction, tenant_id, scan_id_opt, &payload).await?,
-    };
-    stages.lap("copy");
-    if let Some(scan_id) = scan_id_opt {
-        outcome.finished_scan_opt =
-            advance_scan(&transaction, tenant_id, scan_id, &outcome).await?;
-    }
-    transaction.commit().await?;
-    stages.lap("finish");
-    Ok(outcome)
-}
-
-/// Streams pre-encoded tuples into `processing_activities`.
-pub(super) async fn copy_tuples(
-    transaction: &Transaction<'_>,
-    parts: &[Bytes],
-) -> Result<u64, StoreError> {
-    let statement =
-        format!("COPY processing_activities ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)");
-    let sink = transaction.copy_in::<_, Bytes>(&statement).await?;
+/// Streams pre-encoded tuples into `processing_activities` with `statement`, a prepared or
+/// plain `COPY ... FROM STDIN (FORMAT binary)`.
+async fn copy_tuples<T>(client: &Client, statement: &T, parts: &[Bytes]) -> Result<u64, StoreError>
+where
+    T: ?Sized + ToStatement,
+{
+    let sink = client.copy_in::<_, Bytes>(statement).await?;
     futures_util::pin_mut!(sink);
     sink.feed(Bytes::from_static(COPY_HEADER)).await?;
     for part in parts {
@@ -145,9 +231,23 @@ pub(super) async fn copy_tuples(
     Ok(sink.as_mut().finish().await?)
 }
 
+/// Copies a dead letter's tuple again, inside the caller's transaction.
+pub(super) async fn copy_again(
+    transaction: &Transaction<'_>,
+    payload: &Bytes,
+) -> Result<u64, StoreError> {
+    copy_tuples(
+        transaction.client(),
+        &copy_statement(),
+        std::slice::from_ref(payload),
+    )
+    .await
+}
+
 /// Bisects the chunk under savepoints; see the module documentation.
 async fn isolate(
-    transaction: &Transaction<'_>,
+    client: &Client,
+    copy: &Statement,
     tenant_id: TenantId,
     scan_id_opt: Option<Uuid>,
     payload: &Bytes,
@@ -161,22 +261,20 @@ async fn isolate(
     let mut pending: Vec<Range<usize>> = Vec::new();
     pending.push(0..tuples.len());
     while let Some(range) = pending.pop() {
-        transaction.batch_execute("SAVEPOINT isolate").await?;
-        match copy_tuples(transaction, &tuples[range.clone()]).await {
+        client.batch_execute("SAVEPOINT isolate").await?;
+        match copy_tuples(client, copy, &tuples[range.clone()]).await {
             Ok(written) => {
-                transaction
-                    .batch_execute("RELEASE SAVEPOINT isolate")
-                    .await?;
+                client.batch_execute("RELEASE SAVEPOINT isolate").await?;
                 outcome.written += written;
             }
             Err(error) if error.is_retryable() => return Err(error),
             Err(error) => {
-                transaction
+                client
                     .batch_execute("ROLLBACK TO SAVEPOINT isolate; RELEASE SAVEPOINT isolate")
                     .await?;
                 if range.len() == 1 {
                     let tuple = &tuples[range.start];
-                    dead_letter(transaction, tenant_id, scan_id_opt, tuple, &error).await?;
+                    dead_letter(client, tenant_id, scan_id_opt, tuple, &error).await?;
                     outcome.dead_lettered += 1;
                 } else {
                     let middle = range.start + range.len() / 2;
@@ -191,7 +289,7 @@ async fn isolate(
 }
 
 async fn dead_letter(
-    transaction: &Transaction<'_>,
+    client: &Client,
     tenant_id: TenantId,
     scan_id_opt: Option<Uuid>,
     tuple: &Bytes,
@@ -200,7 +298,7 @@ async fn dead_letter(
     let record_index = copy_encoder::tuple_record_index(tuple).unwrap_or(-1);
     let message = error.database_message();
     tracing::warn!(%tenant_id, record_index, error = %message, "record dead-lettered");
-    transaction
+    client
         .execute(
             "INSERT INTO dead_letters (tenant_id, scan_id, record_index, payload, error) \
              VALUES ($1, $2, $3, $4, $5)",
@@ -214,37 +312,4 @@ async fn dead_letter(
         )
         .await?;
     Ok(())
-}
-
-/// Counts the chunk into its scan and completes the scan when every record is accounted for;
-/// returns the scan's final status if this chunk finished it.
-async fn advance_scan(
-    transaction: &Transaction<'_>,
-    tenant_id: TenantId,
-    scan_id: Uuid,
-    outcome: &ChunkOutcome,
-) -> Result<Option<ScanStatus>, StoreError> {
-    let written = outcome.written as i32;
-    let failed = outcome.dead_lettered as i32;
-    let row_opt = transaction
-        .query_opt(
-            "UPDATE scans SET \
-                records_processed = records_processed + $3, \
-                records_failed = records_failed + $4, \
-                started_at = coalesce(started_at, now()), \
-                status = CASE \
-                    WHEN records_processed + records_failed + $3 + $4 < records_total THEN 'processing' \
-                    WHEN records_failed + $4 > 0 THEN 'completed_with_errors' \
-                    ELSE 'completed' END, \
-                completed_at = CASE \
-                    WHEN records_processed + records_failed + $3 + $4 < records_total THEN NULL \
-                    ELSE now() END \
-             WHERE tenant_id = $1 AND scan_id = $2 \
-             RETURNING status",
-            &[&tenant_id.0, &scan_id, &written, &failed],
-        )
-        .await?;
-    Ok(row_opt
-        .and_then(|row| ScanStatus::parse(row.get("status")))
-        .filter(|status| *status != ScanStatus::Processing))
 }

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::chunk_writes::copy_tuples;
+use super::chunk_writes::copy_again;
 use super::governance::audit;
 use super::{Pool, StoreError};
 use crate::domain::auth::Principal;
@@ -89,7 +89,7 @@ pub async fn replay(
     let payload = bytes::Bytes::from(row.get::<_, Vec<u8>>("payload"));
 
     transaction.batch_execute("SAVEPOINT replay").await?;
-    match copy_tuples(&transaction, std::slice::from_ref(&payload)).await {
+    match copy_again(&transaction, &payload).await {
         Ok(_) => {
             transaction
                 .execute("UPDATE dead_letters SET replayed_at = now(), attempts = attempts + 1 WHERE dead_letter_id = $1", &[&dead_letter_id])
