@@ -12,7 +12,9 @@ use warp::reply::Response;
 use warp::Reply;
 
 use super::auth::authenticate;
-use super::{admit, check_body_headers, respond, ApiError, AppState, PendingBody, Query};
+use super::{
+    admit, check_body_headers, close_connection_if, respond, ApiError, AppState, PendingBody, Query,
+};
 use crate::actors::messages::{BatchChunk, BatchChunkError, BatchSubmitted, ChunksStaged};
 use crate::domain::{Priority, RecordError, ScanStatus, TenantId};
 use crate::metrics::StageTimer;
@@ -30,9 +32,9 @@ pub async fn submit_scan(
     authorization_opt: Option<String>,
     body: PendingBody,
 ) -> Response {
-    respond(count_rejection(
-        submit_scan_inner(state, authorization_opt, body).await,
-    ))
+    let mut waited = false;
+    let result = submit_scan_inner(state, authorization_opt, body, &mut waited).await;
+    close_connection_if(waited, respond(count_rejection(result)))
 }
 
 /// Counts a refused submission by its error code (a fixed set).
@@ -51,10 +53,12 @@ fn count_accepted(route: &'static str, valid: u64, invalid: u64) {
     }
 }
 
+/// `waited` is set when the submission's body sat unread while it waited for admission.
 async fn submit_scan_inner(
     state: Arc<AppState>,
     authorization_opt: Option<String>,
     body: PendingBody,
+    waited: &mut bool,
 ) -> Result<Response, ApiError> {
     let principal = authenticate(&state, authorization_opt.as_deref()).await?;
     if !state.is_accepting() {
@@ -68,7 +72,10 @@ async fn submit_scan_inner(
     )?;
     let mut stages = StageTimer::submission("scan");
     // Held until the scan is staged: bounds the memory of scans in progress.
-    let _admitted = admit(&state, body.declared_length_opt(), limit).await?;
+    // A refusal after the whole admission wait counts as waited.
+    *waited = true;
+    let admitted = admit(&state, body.declared_length_opt(), limit).await?;
+    *waited = admitted.waited;
     stages.lap("admission_wait");
     let body = body.read(limit).await?;
     stages.lap("body_read");
@@ -294,16 +301,18 @@ pub async fn submit_batch(
     query: Query,
     body: PendingBody,
 ) -> Response {
-    respond(count_rejection(
-        submit_batch_inner(state, authorization_opt, query, body).await,
-    ))
+    let mut waited = false;
+    let result = submit_batch_inner(state, authorization_opt, query, body, &mut waited).await;
+    close_connection_if(waited, respond(count_rejection(result)))
 }
 
+/// `waited` is set when the batch's body sat unread while it waited for admission.
 async fn submit_batch_inner(
     state: Arc<AppState>,
     authorization_opt: Option<String>,
     query: Query,
     body: PendingBody,
+    waited: &mut bool,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let principal = authenticate(&state, authorization_opt.as_deref()).await?;
@@ -320,7 +329,10 @@ async fn submit_batch_inner(
     )?;
     let mut stages = StageTimer::submission("batch");
     // Held until the batch is committed: bounds the memory of batches in progress.
-    let _admitted = admit(&state, body.declared_length_opt(), limit).await?;
+    // A refusal after the whole admission wait counts as waited.
+    *waited = true;
+    let admitted = admit(&state, body.declared_length_opt(), limit).await?;
+    *waited = admitted.waited;
     stages.lap("admission_wait");
     let body = body.read(limit).await?;
     stages.lap("body_read");

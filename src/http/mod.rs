@@ -57,6 +57,28 @@ pub struct AppState {
 pub struct Admission {
     _budget: tokio::sync::OwnedSemaphorePermit,
     _large_turn_opt: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The submission waited long enough for its body to stall the client's connection.
+    pub waited: bool,
+}
+
+/// A submission that waited this long for admission left its body unread long enough for the
+/// client's kernel to probe a zero window (the first probe follows one retransmission time-out,
+/// at least 200 ms); see [`close_connection_if`].
+pub const ADMISSION_WAIT_THAT_STALLS: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Asks the client to close the connection after this response when the request's body sat
+/// unread while it waited for admission. Linux can keep the time of the first zero-window probe
+/// of such a wait on the client's socket, and a client with `TCP_USER_TIMEOUT` (reqwest sets
+/// 30 s by default) then has that connection aborted at its next zero window, on a later
+/// request. A fresh connection per stalled request avoids it; the cost is one TCP handshake.
+pub fn close_connection_if(waited: bool, mut response: Response) -> Response {
+    if waited {
+        response.headers_mut().insert(
+            warp::http::header::CONNECTION,
+            warp::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 /// A submission charged more than this fraction of the budget is *large*: large submissions
@@ -98,6 +120,7 @@ pub async fn admit(
     } else {
         charge
     };
+    let asked = std::time::Instant::now();
     let admitted = tokio::time::timeout(wait, async {
         let large_turn_opt = if is_large {
             Some(state.large_admission.clone().acquire_owned().await.ok()?)
@@ -113,6 +136,7 @@ pub async fn admit(
         Some(Admission {
             _budget: budget,
             _large_turn_opt: large_turn_opt,
+            waited: asked.elapsed() >= ADMISSION_WAIT_THAT_STALLS,
         })
     })
     .await;

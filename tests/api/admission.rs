@@ -62,6 +62,11 @@ async fn a_submission_that_cannot_be_admitted_in_time_gets_503_engine_saturated(
         "answered after {waited:?}"
     );
     assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(
+        response.headers()["connection"],
+        "close",
+        "a connection whose body sat unread is not reused"
+    );
     assert_error(response, 503, "engine_saturated").await;
     assert_eq!(
         app.count("SELECT count(*) FROM scans", &[]).await,
@@ -120,4 +125,41 @@ async fn an_upload_larger_than_the_budget_leaves_a_quarter_of_it_to_small_scans(
         waited < Duration::from_secs(10),
         "the small scan waited {waited:?} behind the huge upload"
     );
+}
+
+/// A submission whose body sat unread while it waited for admission is answered with
+/// `connection: close`, so the client does not reuse a connection its kernel saw stalled
+/// (docs/PERFORMANCE.md, "Connections aborted by the client's kernel"); one that was admitted
+/// at once keeps its connection.
+#[tokio::test]
+async fn a_connection_that_waited_for_admission_is_not_kept_alive() {
+    let app = app_with_small_budget(30).await;
+    let response = app.post_scan(Uuid::new_v4(), activities(10)).await;
+    assert_eq!(response.status(), 202);
+    assert!(
+        !response.headers().contains_key("connection"),
+        "{:?}",
+        response.headers()
+    );
+
+    // Four uploads hold 937 KiB of the budget until they are dropped, 600 ms later.
+    let mut holders = Vec::new();
+    for _ in 0..4 {
+        holders.push(stalled_upload(&app, 80_000).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        drop(holders);
+    });
+    let started = Instant::now();
+    let response = app.post_scan(Uuid::new_v4(), activities(150)).await;
+    let waited = started.elapsed();
+    release.await.unwrap();
+    assert_eq!(response.status(), 202, "answered after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(500),
+        "answered after {waited:?}"
+    );
+    assert_eq!(response.headers()["connection"], "close");
 }
