@@ -180,6 +180,10 @@ async fn every_scan_completes_exactly_across_a_postgresql_restart() {
         settings.writers.retry_base_ms = 50;
         settings.writers.retry_cap_ms = 500;
         settings.database.pool_timeout_secs = 2;
+        // Each tenant is paced at 5,000 records a second, so writing its 20,000 takes at least
+        // 3 s and the restart below lands while writers are busy, however fast this machine.
+        settings.tenants.default_records_per_second = 5_000;
+        settings.tenants.default_burst = 5_000;
     })
     .await;
 
