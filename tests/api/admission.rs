@@ -43,15 +43,21 @@ async fn stalled_upload(app: &TestApp, length: usize) -> TcpStream {
     stream
 }
 
+/// Four uploads of 80 kB (charged 234 KiB each, not large) that hold 937 KiB of the budget and
+/// never finish, until the returned connections are dropped.
+async fn hold_most_of_the_budget(app: &TestApp) -> Vec<TcpStream> {
+    let mut holders = Vec::new();
+    for _ in 0..4 {
+        holders.push(stalled_upload(app, 80_000).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holders
+}
+
 #[tokio::test]
 async fn a_submission_that_cannot_be_admitted_in_time_gets_503_engine_saturated() {
     let app = app_with_small_budget(1).await;
-    // Four uploads of 80 kB (charged 234 KiB each, not large) hold 937 KiB and never finish.
-    let mut holders = Vec::new();
-    for _ in 0..4 {
-        holders.push(stalled_upload(&app, 80_000).await);
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _holders = hold_most_of_the_budget(&app).await;
 
     // About 60 kB: its charge does not fit in the 87 KiB left.
     let started = Instant::now();
@@ -142,12 +148,8 @@ async fn a_connection_that_waited_for_admission_is_not_kept_alive() {
         response.headers()
     );
 
-    // Four uploads hold 937 KiB of the budget until they are dropped, 600 ms later.
-    let mut holders = Vec::new();
-    for _ in 0..4 {
-        holders.push(stalled_upload(&app, 80_000).await);
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Dropped 600 ms later, which frees the budget.
+    let holders = hold_most_of_the_budget(&app).await;
     let release = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(600)).await;
         drop(holders);
