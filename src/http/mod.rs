@@ -64,7 +64,7 @@ pub struct Admission {
 /// A submission that waited this long for admission left its body unread long enough for the
 /// client's kernel to probe a zero window (the first probe follows one retransmission time-out,
 /// at least 200 ms); see [`close_connection_if`].
-pub const ADMISSION_WAIT_THAT_STALLS: std::time::Duration = std::time::Duration::from_millis(100);
+const ADMISSION_WAIT_THAT_STALLS: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Asks the client to close the connection after this response when the request's body sat
 /// unread while it waited for admission. Linux can keep the time of the first zero-window probe

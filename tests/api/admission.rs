@@ -54,6 +54,25 @@ async fn hold_most_of_the_budget(app: &TestApp) -> Vec<TcpStream> {
     holders
 }
 
+/// A 10-record scan is answered 202 within 10 s while `blockers` hold or wait for the budget.
+async fn assert_a_small_scan_is_accepted_within_10_s(app: &TestApp, blockers: &str) {
+    let started = Instant::now();
+    let response = app.post_scan(Uuid::new_v4(), activities(10)).await;
+    let waited = started.elapsed();
+    assert_eq!(
+        response.status(),
+        202,
+        "answered {} after {waited:?}",
+        response.status()
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "the small scan waited {waited:?} behind {blockers}"
+    );
+    let body: serde_json::Value = response.json().await.expect("a scan is JSON");
+    assert_eq!(body["records_total"], json!(10));
+}
+
 #[tokio::test]
 async fn a_submission_that_cannot_be_admitted_in_time_gets_503_engine_saturated() {
     let app = app_with_small_budget(1).await;
@@ -93,21 +112,7 @@ async fn a_small_scan_is_not_queued_behind_large_uploads() {
     let _second = stalled_upload(&app, LARGE_BODY_BYTES).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let started = Instant::now();
-    let response = app.post_scan(Uuid::new_v4(), activities(10)).await;
-    let waited = started.elapsed();
-    assert_eq!(
-        response.status(),
-        202,
-        "answered {} after {waited:?}",
-        response.status()
-    );
-    assert!(
-        waited < Duration::from_secs(10),
-        "the small scan waited {waited:?} behind the large uploads"
-    );
-    let body: serde_json::Value = response.json().await.expect("a scan is JSON");
-    assert_eq!(body["records_total"], json!(10));
+    assert_a_small_scan_is_accepted_within_10_s(&app, "the large uploads").await;
 }
 
 #[tokio::test]
@@ -118,19 +123,7 @@ async fn an_upload_larger_than_the_budget_leaves_a_quarter_of_it_to_small_scans(
     let _huge = stalled_upload(&app, 900_000).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let started = Instant::now();
-    let response = app.post_scan(Uuid::new_v4(), activities(10)).await;
-    let waited = started.elapsed();
-    assert_eq!(
-        response.status(),
-        202,
-        "answered {} after {waited:?}",
-        response.status()
-    );
-    assert!(
-        waited < Duration::from_secs(10),
-        "the small scan waited {waited:?} behind the huge upload"
-    );
+    assert_a_small_scan_is_accepted_within_10_s(&app, "the huge upload").await;
 }
 
 /// A submission whose body sat unread while it waited for admission is answered with
