@@ -6,6 +6,15 @@
 //! committed, the chunk is gone and cannot be applied again. Two engine instances racing for a
 //! chunk serialise on its row lock, and the second finds nothing to delete.
 //!
+//! Durability of that transaction's commit: the chunk's records are already durable (staged, or
+//! held by a batch request that waits for the commit), so a staged chunk's transaction needs
+//! only to be atomic, and commits without waiting for its WAL flush (`synchronous_commit =
+//! off`): if PostgreSQL crashes before the flush, the whole transaction is gone, the chunk is
+//! still staged, and the sweep applies it again. Two commits still wait for the flush: a
+//! batch's, since its 201 promises the records are committed, and the one that finishes a scan,
+//! so a scan reported `completed` stays completed; WAL is flushed in order, so that flush also
+//! makes every earlier chunk of the scan durable.
+//!
 //! When `COPY` fails with a permanent error, the same transaction is redone with the chunk
 //! bisected under savepoints until each refused record is isolated; those records go to
 //! `dead_letters` with their error and the others are written.
@@ -31,6 +40,8 @@ pub struct ChunkOutcome {
     pub already_applied: bool,
     /// The final status of the chunk's scan, if this chunk finished it.
     pub finished_scan_opt: Option<ScanStatus>,
+    /// The commit waited for its WAL flush (see the module documentation).
+    pub commit_flushed: bool,
 }
 
 /// Where a chunk's tuples come from.
@@ -54,7 +65,9 @@ pub struct WriteConnection {
 const TAKE_STAGED: &str = "DELETE FROM staged_chunks WHERE tenant_id = $1 AND chunk_id = $2 \
      RETURNING scan_id, record_count, payload, payload_encoding";
 
-const ADVANCE_SCAN: &str = "UPDATE scans SET \
+/// Advances the scan and sets the transaction's `synchronous_commit`: `on` when this chunk
+/// finishes the scan, else `off` (PostgreSQL applies the value in force at `COMMIT`).
+const ADVANCE_SCAN: &str = "WITH advanced AS (UPDATE scans SET \
         records_processed = records_processed + $3, \
         records_failed = records_failed + $4, \
         started_at = coalesce(started_at, now()), \
@@ -66,7 +79,10 @@ const ADVANCE_SCAN: &str = "UPDATE scans SET \
             WHEN records_processed + records_failed + $3 + $4 < records_total THEN NULL \
             ELSE now() END \
      WHERE tenant_id = $1 AND scan_id = $2 \
-     RETURNING status";
+     RETURNING status) \
+     SELECT status, set_config('synchronous_commit', \
+        CASE status WHEN 'processing' THEN 'off' ELSE 'on' END, true) AS synchronous_commit \
+     FROM advanced";
 
 fn copy_statement() -> String {
     format!("COPY processing_activities ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)")
@@ -134,13 +150,13 @@ impl WriteConnection {
     ) -> Result<ChunkOutcome, StoreError> {
         let client = &self.client;
         let mut stages = crate::metrics::StageTimer::chunk();
-        let (scan_id_opt, payload, record_count) = match source {
+        let (scan_id_opt, payload, record_count, commit_flushed) = match source {
             ChunkSource::Inline {
                 payload,
                 record_count,
             } => {
                 client.batch_execute("BEGIN").await?;
-                (None, payload.clone(), *record_count)
+                (None, payload.clone(), *record_count, true)
             }
             ChunkSource::Staged { chunk_id } => {
                 let parameters: [&(dyn ToSql + Sync); 2] = [&tenant_id.0, chunk_id];
@@ -156,7 +172,7 @@ impl WriteConnection {
                     });
                 };
                 let (scan_id, record_count, payload) = staged_payload(&row)?;
-                (Some(scan_id), payload, record_count)
+                (Some(scan_id), payload, record_count, false)
             }
         };
         stages.lap("fetch");
@@ -165,10 +181,14 @@ impl WriteConnection {
                 copy_tuples(client, &self.copy, std::slice::from_ref(&payload)).await?;
                 ChunkOutcome {
                     written: record_count as u64,
+                    commit_flushed,
                     ..ChunkOutcome::default()
                 }
             }
-            Mode::Isolate => isolate(client, &self.copy, tenant_id, scan_id_opt, &payload).await?,
+            Mode::Isolate => ChunkOutcome {
+                commit_flushed,
+                ..isolate(client, &self.copy, tenant_id, scan_id_opt, &payload).await?
+            },
         };
         stages.lap("copy");
         match scan_id_opt {
@@ -182,9 +202,11 @@ impl WriteConnection {
                     client.query_opt(&self.advance_scan, &parameters),
                     client.batch_execute("COMMIT"),
                 )?;
-                outcome.finished_scan_opt = row_opt
-                    .and_then(|row| ScanStatus::parse(row.get("status")))
-                    .filter(|status| *status != ScanStatus::Processing);
+                if let Some(row) = row_opt {
+                    outcome.commit_flushed = row.get::<_, &str>("synchronous_commit") == "on";
+                    outcome.finished_scan_opt = ScanStatus::parse(row.get("status"))
+                        .filter(|status| *status != ScanStatus::Processing);
+                }
             }
             None => client.batch_execute("COMMIT").await?,
         }

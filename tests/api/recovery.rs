@@ -1,5 +1,8 @@
 use std::time::Duration;
 
+use ingest_engine::domain::TenantId;
+use ingest_engine::store::chunk_writes::{ChunkSource, WriteConnection};
+use ingest_engine::submission;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -103,4 +106,91 @@ async fn two_instances_on_one_database_apply_each_chunk_once() {
     assert_eq!(first.activities_of(tenant).await, 12_000);
     first.stop().await;
     second.stop().await;
+}
+
+/// A staged chunk's transaction commits without waiting for its WAL flush (its records stay
+/// staged, durably, until that commit is flushed), except the one that finishes its scan, so a
+/// scan reported complete survives a PostgreSQL crash; a batch's commit always waits.
+#[tokio::test]
+async fn only_the_chunk_that_finishes_a_scan_waits_for_its_commit_to_be_flushed() {
+    let app = spawn_app().await;
+    let tenant = Uuid::new_v4();
+    app.db()
+        .await
+        .execute(
+            "INSERT INTO tenants (tenant_id, records_per_second, burst, max_backlog_records, paused) \
+             VALUES ($1, 100000, 100000, 10000000, true)",
+            &[&tenant],
+        )
+        .await
+        .unwrap();
+    let response = app.post_scan(tenant, activities(2_345)).await;
+    assert_eq!(response.status(), 202);
+    let scan_id: Uuid = response.json::<Value>().await.unwrap()["scan_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let database = app.database.clone();
+    app.stop().await;
+
+    let connection = WriteConnection::open(&database).await.unwrap();
+    let admin = ingest_engine::store::connect(&database).await.unwrap();
+    let chunk_ids: Vec<i64> = admin
+        .query(
+            "SELECT chunk_id FROM staged_chunks WHERE scan_id = $1 ORDER BY chunk_id",
+            &[&scan_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(chunk_ids.len(), 3);
+    let mut flushed = Vec::new();
+    for chunk_id in chunk_ids {
+        let outcome = connection
+            .apply_chunk(TenantId(tenant), &ChunkSource::Staged { chunk_id })
+            .await
+            .unwrap();
+        flushed.push(outcome.commit_flushed);
+    }
+    assert_eq!(flushed, [false, false, true]);
+    let status: String = admin
+        .query_one("SELECT status FROM scans WHERE scan_id = $1", &[&scan_id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "completed");
+
+    let batch = submission::prepare_batch(
+        serde_json::to_vec(&serde_json::json!({ "activities": activities(10) }))
+            .unwrap()
+            .as_slice(),
+        TenantId(tenant),
+        10_000,
+        1_000,
+    )
+    .unwrap();
+    let chunk = batch.chunks.into_iter().next().unwrap();
+    let outcome = connection
+        .apply_chunk(
+            TenantId(tenant),
+            &ChunkSource::Inline {
+                payload: chunk.payload.into(),
+                record_count: chunk.record_count,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(outcome.commit_flushed);
+    let written: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM processing_activities WHERE tenant_id = $1",
+            &[&tenant],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(written, 2_345 + 10);
 }
