@@ -148,8 +148,16 @@ pub fn parse_tenant_id(text: &str) -> Result<TenantId, SubmissionError> {
         })
 }
 
+/// Parses the body's envelope, borrowing each record as raw JSON text.
+///
+/// The body is checked to be UTF-8 once, up front, with SIMD (`simdutf8`): serde_json on bytes
+/// would check every string and raw record again with the scalar check, which on Vietnamese
+/// text (many multi-byte characters) was a fifth of the parse-and-encode time.
 fn parse_envelope<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, SubmissionError> {
-    serde_json::from_slice(body).map_err(|error| SubmissionError::Malformed(error.to_string()))
+    let text = simdutf8::compat::from_utf8(body).map_err(|error| {
+        SubmissionError::Malformed(format!("invalid UTF-8 at byte {}", error.valid_up_to()))
+    })?;
+    serde_json::from_str(text).map_err(|error| SubmissionError::Malformed(error.to_string()))
 }
 
 fn encode_records(

@@ -339,7 +339,41 @@ async fn hostile_requests_get_clear_errors_and_never_a_500() {
     let batch_path = format!("/batch/processing-activities?tenant_id={tenant}");
     let long = "x".repeat(2_001);
     // (method, path, content type, body, status, code)
+    // A record whose name holds a byte that is never UTF-8: the whole body is refused.
+    let not_utf8_record = {
+        let mut object: serde_json::Map<String, Value> = serde_json::from_str(&record).unwrap();
+        object.remove("activity_name");
+        let rest = Value::Object(object).to_string();
+        [
+            b"{\"activity_name\":\"\xff\",".as_slice(),
+            &rest.as_bytes()[1..],
+        ]
+        .concat()
+    };
+    let scan_not_utf8 = [
+        format!(r#"{{"tenant_id":"{tenant}","activities":["#).as_bytes(),
+        &not_utf8_record,
+        b"]}",
+    ]
+    .concat();
+    let batch_not_utf8 = [b"{\"activities\":[".as_slice(), &not_utf8_record, b"]}"].concat();
     let mut cases: Vec<HostileCase> = vec![
+        (
+            Method::POST,
+            "/data-scans".into(),
+            "application/json",
+            scan_not_utf8,
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            batch_path.clone(),
+            "application/json",
+            batch_not_utf8,
+            400,
+            "malformed_request",
+        ),
         (
             Method::POST,
             "/data-scans".into(),
