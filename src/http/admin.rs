@@ -87,12 +87,12 @@ struct CreateTenantBody {
 pub async fn create_tenant(
     state: Arc<AppState>,
     authorization_opt: Option<String>,
-    body: bytes::Bytes,
+    body: Result<bytes::Bytes, ApiError>,
 ) -> Response {
     respond(
         async {
             let principal = admin(&state, authorization_opt).await?;
-            let request: CreateTenantBody = parse_json(&body)?;
+            let request: CreateTenantBody = parse_json(&body?)?;
             if request.name.trim().is_empty()
                 || request.name.chars().count() > 200
                 || request.name.contains('\0')
@@ -214,13 +214,13 @@ pub async fn set_limits(
     tenant_text: String,
     state: Arc<AppState>,
     authorization_opt: Option<String>,
-    body: bytes::Bytes,
+    body: Result<bytes::Bytes, ApiError>,
 ) -> Response {
     respond(
         async {
             let principal = admin(&state, authorization_opt).await?;
             let tenant_id = parse_tenant_path(&tenant_text)?;
-            let request: LimitsBody = parse_json(&body)?;
+            let request: LimitsBody = parse_json(&body?)?;
             if request.records_per_second.is_none()
                 && request.burst.is_none()
                 && request.max_backlog_records.is_none()
@@ -320,12 +320,12 @@ struct MintKeyBody {
 pub async fn mint_key(
     state: Arc<AppState>,
     authorization_opt: Option<String>,
-    body: bytes::Bytes,
+    body: Result<bytes::Bytes, ApiError>,
 ) -> Response {
     respond(
         async {
             let principal = admin(&state, authorization_opt).await?;
-            let request: MintKeyBody = parse_json(&body)?;
+            let request: MintKeyBody = parse_json(&body?)?;
             let scope = match (request.scope.as_str(), request.tenant_id) {
                 ("admin", None) => Scope::Admin,
                 ("service", None) => Scope::Service,

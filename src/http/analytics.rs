@@ -8,8 +8,7 @@ use uuid::Uuid;
 use warp::reply::Response;
 use warp::Reply;
 
-use super::auth::authenticate;
-use super::ingest::tenant_from_query;
+use super::auth::authorized_tenant;
 use super::{respond, ApiError, AppState, Query};
 use crate::store::reads::{self, ActivityRow, PageStart};
 
@@ -30,9 +29,7 @@ async fn compliance_summary_inner(
     authorization_opt: Option<String>,
     query: Query,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(&state, authorization_opt.as_deref()).await?;
-    let tenant_id = tenant_from_query(&query)?;
-    principal.require_tenant(tenant_id)?;
+    let tenant_id = authorized_tenant(&state, authorization_opt.as_deref(), &query).await?;
     let summary = reads::compliance_summary(&state.read_pool, tenant_id).await?;
     let categories: Vec<serde_json::Value> = summary
         .categories
@@ -66,9 +63,7 @@ async fn processing_activities_inner(
     authorization_opt: Option<String>,
     query: Query,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(&state, authorization_opt.as_deref()).await?;
-    let tenant_id = tenant_from_query(&query)?;
-    principal.require_tenant(tenant_id)?;
+    let tenant_id = authorized_tenant(&state, authorization_opt.as_deref(), &query).await?;
     let limit = parse_limit(&query)?;
     let start = parse_page_start(&query)?;
     let page = reads::activities_page(&state.read_pool, tenant_id, start, limit).await?;

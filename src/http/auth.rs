@@ -3,8 +3,10 @@
 
 use warp::http::StatusCode;
 
-use super::{ApiError, AppState};
+use super::ingest::tenant_from_query;
+use super::{ApiError, AppState, Query};
 use crate::domain::auth::{self, Denial, Principal, Scope};
+use crate::domain::TenantId;
 use crate::store::governance;
 
 /// The caller behind `authorization_opt`. Minted keys are read from the database on every
@@ -39,6 +41,19 @@ pub async fn authenticate(
         scope: stored.scope,
         key_id_opt: Some(presented.key_id),
     })
+}
+
+/// The tenant named by the `tenant_id` query parameter of a tenant-scoped request, once the
+/// caller is authenticated (401 otherwise) and its key covers that tenant (403 otherwise).
+pub async fn authorized_tenant(
+    state: &AppState,
+    authorization_opt: Option<&str>,
+    query: &Query,
+) -> Result<TenantId, ApiError> {
+    let principal = authenticate(state, authorization_opt).await?;
+    let tenant_id = tenant_from_query(query)?;
+    principal.require_tenant(tenant_id)?;
+    Ok(tenant_id)
 }
 
 fn unauthorized(code: &'static str) -> ApiError {

@@ -11,7 +11,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
-use super::auth::authenticate;
+use super::auth::{authenticate, authorized_tenant};
 use super::{
     admit, check_body_headers, close_connection_if, respond, ApiError, AppState, PendingBody, Query,
 };
@@ -184,9 +184,7 @@ async fn get_scan_inner(
     scan_id_text: String,
     query: Query,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(&state, authorization_opt.as_deref()).await?;
-    let tenant_id = tenant_from_query(&query)?;
-    principal.require_tenant(tenant_id)?;
+    let tenant_id = authorized_tenant(&state, authorization_opt.as_deref(), &query).await?;
     let scan_id = Uuid::parse_str(&scan_id_text).map_err(|_| {
         ApiError::bad_request(
             "invalid_scan_id",
@@ -213,9 +211,7 @@ async fn list_scans_inner(
     authorization_opt: Option<String>,
     query: Query,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(&state, authorization_opt.as_deref()).await?;
-    let tenant_id = tenant_from_query(&query)?;
-    principal.require_tenant(tenant_id)?;
+    let tenant_id = authorized_tenant(&state, authorization_opt.as_deref(), &query).await?;
     let status_opt = match query.get("status").map(String::as_str) {
         None | Some("") => None,
         Some(text) => Some(ScanStatus::parse(text).ok_or_else(|| {

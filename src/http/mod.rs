@@ -258,14 +258,7 @@ pub fn routes(
         .and(with_state.clone())
         .and(authorization)
         .and(small_body)
-        .then(
-            |state, authorization_opt, body: Result<Bytes, ApiError>| async move {
-                match body {
-                    Ok(body) => admin::create_tenant(state, authorization_opt, body).await,
-                    Err(error) => error.into_response(),
-                }
-            },
-        )
+        .then(admin::create_tenant)
         .boxed();
     let list_tenants = warp::path!("admin" / "tenants")
         .and(warp::get())
@@ -284,14 +277,7 @@ pub fn routes(
         .and(with_state.clone())
         .and(authorization)
         .and(small_body)
-        .then(
-            |tenant, state, authorization_opt, body: Result<Bytes, ApiError>| async move {
-                match body {
-                    Ok(body) => admin::set_limits(tenant, state, authorization_opt, body).await,
-                    Err(error) => error.into_response(),
-                }
-            },
-        )
+        .then(admin::set_limits)
         .boxed();
     let pause = warp::path!("admin" / "tenants" / String / "pause")
         .and(warp::post())
@@ -310,14 +296,7 @@ pub fn routes(
         .and(with_state.clone())
         .and(authorization)
         .and(small_body)
-        .then(
-            |state, authorization_opt, body: Result<Bytes, ApiError>| async move {
-                match body {
-                    Ok(body) => admin::mint_key(state, authorization_opt, body).await,
-                    Err(error) => error.into_response(),
-                }
-            },
-        )
+        .then(admin::mint_key)
         .boxed();
     let revoke_key = warp::path!("admin" / "keys" / String)
         .and(warp::delete())
