@@ -15,6 +15,11 @@
 //! so a scan reported `completed` stays completed; WAL is flushed in order, so that flush also
 //! makes every earlier chunk of the scan durable.
 //!
+//! The same transaction adds what it copied to the tenant's per-category counts
+//! (`activity_counts`, read by the compliance summary), after its scan update: every
+//! transaction that takes both locks takes the scan row first, so none waits for another in a
+//! cycle.
+//!
 //! When `COPY` fails with a permanent error, the same transaction is redone with the chunk
 //! bisected under savepoints until each refused record is isolated; those records go to
 //! `dead_letters` with their error and the others are written.
@@ -29,7 +34,7 @@ use uuid::Uuid;
 
 use super::copy_encoder::{self, COPY_COLUMNS, COPY_HEADER, COPY_TRAILER};
 use super::{connect, StoreError};
-use crate::domain::{ScanStatus, TenantId};
+use crate::domain::{PdplCategory, ScanStatus, TenantId};
 
 /// What applying a chunk did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +65,7 @@ pub struct WriteConnection {
     take_staged: Statement,
     copy: Statement,
     advance_scan: Statement,
+    count_activities: Statement,
 }
 
 const TAKE_STAGED: &str = "DELETE FROM staged_chunks WHERE tenant_id = $1 AND chunk_id = $2 \
@@ -84,25 +90,37 @@ const ADVANCE_SCAN: &str = "WITH advanced AS (UPDATE scans SET \
         CASE status WHEN 'processing' THEN 'off' ELSE 'on' END, true) AS synchronous_commit \
      FROM advanced";
 
+/// Adds copied activities to their tenant's per-category counts: `$2` the categories, `$3`
+/// how many of each, always in [`PdplCategory::ALL`] order, so concurrent transactions lock a
+/// tenant's count rows in the same order.
+const COUNT_ACTIVITIES: &str =
+    "INSERT INTO activity_counts (tenant_id, pdpl_category, activities) \
+     SELECT $1, category, added FROM unnest($2::text[], $3::bigint[]) AS counted (category, added) \
+     WHERE added > 0 \
+     ON CONFLICT (tenant_id, pdpl_category) \
+     DO UPDATE SET activities = activity_counts.activities + excluded.activities";
+
 fn copy_statement() -> String {
     format!("COPY processing_activities ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)")
 }
 
 impl WriteConnection {
-    /// Connects and prepares the three statements, in one pipelined round trip.
+    /// Connects and prepares the four statements, in one pipelined round trip.
     pub async fn open(database: &Config) -> Result<WriteConnection, StoreError> {
         let client = connect(database).await?;
         let copy = copy_statement();
-        let (take_staged, copy, advance_scan) = tokio::try_join!(
+        let (take_staged, copy, advance_scan, count_activities) = tokio::try_join!(
             client.prepare(TAKE_STAGED),
             client.prepare(&copy),
             client.prepare(ADVANCE_SCAN),
+            client.prepare(COUNT_ACTIVITIES),
         )?;
         Ok(WriteConnection {
             client,
             take_staged,
             copy,
             advance_scan,
+            count_activities,
         })
     }
 
@@ -176,30 +194,42 @@ impl WriteConnection {
             }
         };
         stages.lap("fetch");
-        let mut outcome = match mode {
+        let (mut outcome, counts) = match mode {
             Mode::Whole => {
                 copy_tuples(client, &self.copy, std::slice::from_ref(&payload)).await?;
-                ChunkOutcome {
+                let outcome = ChunkOutcome {
                     written: record_count as u64,
                     commit_flushed,
                     ..ChunkOutcome::default()
-                }
+                };
+                (outcome, category_counts_of(&payload)?)
             }
-            Mode::Isolate => ChunkOutcome {
-                commit_flushed,
-                ..isolate(client, &self.copy, tenant_id, scan_id_opt, &payload).await?
-            },
+            Mode::Isolate => {
+                let (outcome, counts) =
+                    isolate(client, &self.copy, tenant_id, scan_id_opt, &payload).await?;
+                (
+                    ChunkOutcome {
+                        commit_flushed,
+                        ..outcome
+                    },
+                    counts,
+                )
+            }
         };
         stages.lap("copy");
+        let categories = PdplCategory::ALL.map(PdplCategory::as_str);
+        let (categories, counts) = (&categories[..], &counts[..]);
+        let count_parameters: [&(dyn ToSql + Sync); 3] = [&tenant_id.0, &categories, &counts];
+        // If a statement fails, PostgreSQL answers the COMMIT behind it with a rollback.
         match scan_id_opt {
             Some(scan_id) => {
                 let written = outcome.written as i32;
                 let failed = outcome.dead_lettered as i32;
-                // If the update fails, PostgreSQL answers the COMMIT behind it with a rollback.
                 let parameters: [&(dyn ToSql + Sync); 4] =
                     [&tenant_id.0, &scan_id, &written, &failed];
-                let (row_opt, ()) = tokio::try_join!(
+                let (row_opt, _, ()) = tokio::try_join!(
                     client.query_opt(&self.advance_scan, &parameters),
+                    client.execute(&self.count_activities, &count_parameters),
                     client.batch_execute("COMMIT"),
                 )?;
                 if let Some(row) = row_opt {
@@ -208,7 +238,12 @@ impl WriteConnection {
                         .filter(|status| *status != ScanStatus::Processing);
                 }
             }
-            None => client.batch_execute("COMMIT").await?,
+            None => {
+                tokio::try_join!(
+                    client.execute(&self.count_activities, &count_parameters),
+                    client.batch_execute("COMMIT"),
+                )?;
+            }
         }
         stages.lap("finish");
         Ok(outcome)
@@ -253,6 +288,35 @@ where
     Ok(sink.as_mut().finish().await?)
 }
 
+/// The category counts of a chunk's tuples.
+fn category_counts_of(payload: &[u8]) -> Result<[i64; PdplCategory::ALL.len()], StoreError> {
+    copy_encoder::split_tuples(payload)
+        .and_then(copy_encoder::category_counts)
+        .ok_or_else(not_well_formed)
+}
+
+fn not_well_formed() -> StoreError {
+    StoreError::Corrupt("a chunk is not well-formed COPY tuples".into())
+}
+
+/// Adds a replayed dead letter's tuple to its tenant's category counts, inside the caller's
+/// transaction and after its scan update (see the module documentation for the order).
+pub(super) async fn count_again(
+    transaction: &Transaction<'_>,
+    tenant_id: TenantId,
+    payload: &Bytes,
+) -> Result<(), StoreError> {
+    let counts = category_counts_of(payload)?;
+    let categories = PdplCategory::ALL.map(PdplCategory::as_str);
+    transaction
+        .execute(
+            COUNT_ACTIVITIES,
+            &[&tenant_id.0, &&categories[..], &&counts[..]],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Copies a dead letter's tuple again, inside the caller's transaction.
 pub(super) async fn copy_again(
     transaction: &Transaction<'_>,
@@ -266,20 +330,22 @@ pub(super) async fn copy_again(
     .await
 }
 
-/// Bisects the chunk under savepoints; see the module documentation.
+/// Bisects the chunk under savepoints; see the module documentation. Returns the outcome and
+/// the category counts of the records written.
 async fn isolate(
     client: &Client,
     copy: &Statement,
     tenant_id: TenantId,
     scan_id_opt: Option<Uuid>,
     payload: &Bytes,
-) -> Result<ChunkOutcome, StoreError> {
+) -> Result<(ChunkOutcome, [i64; PdplCategory::ALL.len()]), StoreError> {
     let tuples: Vec<Bytes> = copy_encoder::split_tuples(payload)
-        .ok_or_else(|| StoreError::Corrupt("a staged chunk is not well-formed COPY tuples".into()))?
+        .ok_or_else(not_well_formed)?
         .into_iter()
         .map(|tuple| payload.slice_ref(tuple))
         .collect();
     let mut outcome = ChunkOutcome::default();
+    let mut counts = [0; PdplCategory::ALL.len()];
     let mut pending: Vec<Range<usize>> = Vec::new();
     pending.push(0..tuples.len());
     while let Some(range) = pending.pop() {
@@ -288,6 +354,12 @@ async fn isolate(
             Ok(written) => {
                 client.batch_execute("RELEASE SAVEPOINT isolate").await?;
                 outcome.written += written;
+                let written_counts =
+                    copy_encoder::category_counts(tuples[range].iter().map(|tuple| tuple.as_ref()))
+                        .ok_or_else(not_well_formed)?;
+                for (total, added) in counts.iter_mut().zip(written_counts) {
+                    *total += added;
+                }
             }
             Err(error) if error.is_retryable() => return Err(error),
             Err(error) => {
@@ -307,7 +379,7 @@ async fn isolate(
             }
         }
     }
-    Ok(outcome)
+    Ok((outcome, counts))
 }
 
 async fn dead_letter(

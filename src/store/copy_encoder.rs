@@ -8,7 +8,7 @@
 
 use uuid::Uuid;
 
-use crate::domain::ProcessingActivity;
+use crate::domain::{PdplCategory, ProcessingActivity};
 
 /// The target columns, in tuple order.
 pub const COPY_COLUMNS: &str =
@@ -124,6 +124,34 @@ pub fn tuple_record_index(tuple: &[u8]) -> Option<i32> {
     Some(i32::from_be_bytes(index_bytes.try_into().ok()?))
 }
 
+/// How many of `tuples` fall in each category, in [`PdplCategory::ALL`] order. Returns `None`
+/// if a tuple is not well formed or names no known category.
+pub fn category_counts<'t>(
+    tuples: impl IntoIterator<Item = &'t [u8]>,
+) -> Option<[i64; PdplCategory::ALL.len()]> {
+    let mut counts = [0; PdplCategory::ALL.len()];
+    for tuple in tuples {
+        let category = tuple_category(tuple)?;
+        let position = PdplCategory::ALL
+            .iter()
+            .position(|known| *known == category)?;
+        counts[position] += 1;
+    }
+    Some(counts)
+}
+
+/// The `pdpl_category` field of an encoded tuple (the sixth field).
+fn tuple_category(tuple: &[u8]) -> Option<PdplCategory> {
+    let mut position = 2;
+    for _ in 0..5 {
+        let length = i32::from_be_bytes(tuple.get(position..position + 4)?.try_into().ok()?);
+        position += 4 + length.max(0) as usize;
+    }
+    let length = i32::from_be_bytes(tuple.get(position..position + 4)?.try_into().ok()?);
+    let text = tuple.get(position + 4..position + 4 + usize::try_from(length).ok()?)?;
+    PdplCategory::parse(std::str::from_utf8(text).ok()?)
+}
+
 fn put_bytes(buffer: &mut Vec<u8>, bytes: &[u8]) {
     buffer.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
     buffer.extend_from_slice(bytes);
@@ -164,7 +192,6 @@ fn put_text_array<'t>(buffer: &mut Vec<u8>, items: impl ExactSizeIterator<Item =
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::PdplCategory;
     use std::borrow::Cow;
 
     fn sample() -> ProcessingActivity<'static> {
@@ -203,6 +230,33 @@ mod tests {
             .collect();
         assert_eq!(indexes, vec![0, 7, 14, 21, 28]);
         assert_eq!(tuples.concat(), payload);
+    }
+
+    #[test]
+    fn tuples_are_counted_by_category() {
+        let mut payload = Vec::new();
+        for (index, category) in [
+            PdplCategory::Public,
+            PdplCategory::Sensitive,
+            PdplCategory::Public,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let record = ProcessingActivity {
+                pdpl_category: category,
+                ..sample()
+            };
+            encode_record(&mut payload, &placement(index as i32), &record);
+        }
+        let tuples = split_tuples(&payload).unwrap();
+        assert_eq!(category_counts(tuples.iter().copied()), Some([1, 0, 2]));
+        assert_eq!(
+            category_counts(tuples[..1].iter().copied()),
+            Some([0, 0, 1])
+        );
+        assert_eq!(category_counts(std::iter::empty()), Some([0, 0, 0]));
+        assert_eq!(category_counts([&tuples[0][..40]]), None);
     }
 
     #[test]

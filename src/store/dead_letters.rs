@@ -1,14 +1,15 @@
 //! Dead letters: records a permanent database error refused, kept with that error.
 //!
 //! A replay copies the stored tuple again in one transaction that also marks the dead letter
-//! replayed and moves the record from its scan's failures to its processed records: it is
+//! replayed, moves the record from its scan's failures to its processed records and counts it
+//! in its tenant's category counts: it is
 //! written once or not at all. A replay that fails again records the new error and counts the
 //! attempt; nothing retries it on its own, so a poison record can never loop.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::chunk_writes::copy_again;
+use super::chunk_writes::{copy_again, count_again};
 use super::governance::audit;
 use super::{Pool, StoreError};
 use crate::domain::auth::Principal;
@@ -107,6 +108,7 @@ pub async fn replay(
                     )
                     .await?;
             }
+            count_again(&transaction, tenant_id, &payload).await?;
             let after = serde_json::json!({ "replayed": true });
             audit(
                 &transaction,

@@ -35,6 +35,7 @@ async fn a_poison_record_is_dead_lettered_and_its_chunk_written_then_replayed_on
     assert_eq!(scan["records_processed"], 2_499);
     assert_eq!(scan["records_failed"], 1);
     assert_eq!(app.activities_of(tenant).await, 2_499);
+    app.assert_activity_counts_are_exact().await;
 
     let listed: Value = app
         .get(&format!("/admin/dead-letters?tenant_id={tenant}"))
@@ -114,6 +115,7 @@ async fn a_poison_record_is_dead_lettered_and_its_chunk_written_then_replayed_on
         "dead_letter_not_found",
     )
     .await;
+    app.assert_activity_counts_are_exact().await;
     app.stop().await;
 }
 
@@ -148,6 +150,7 @@ async fn a_poison_record_in_a_batch_is_reported_and_the_rest_committed() {
         .await,
         2
     );
+    app.assert_activity_counts_are_exact().await;
     app.stop().await;
 }
 
@@ -314,6 +317,7 @@ async fn every_scan_completes_exactly_across(outage: Outage) {
         health["writers"]["restarts"].as_u64().unwrap() > 0,
         "{health}"
     );
+    app.assert_activity_counts_are_exact().await;
     app.stop().await;
     tokio::task::spawn_blocking(move || drop(cluster))
         .await

@@ -285,6 +285,11 @@ impl TestApp {
         .await
     }
 
+    /// See [`assert_activity_counts_are_exact`].
+    pub async fn assert_activity_counts_are_exact(&self) {
+        assert_activity_counts_are_exact(&self.db().await).await;
+    }
+
     /// A request to `path` with the app's token.
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
@@ -411,4 +416,25 @@ pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) 
         "{body}"
     );
     body
+}
+
+/// Asserts that the per-category counts the writers keep (what the compliance summary reads)
+/// equal the activities actually in the table, for every tenant.
+pub async fn assert_activity_counts_are_exact(client: &tokio_postgres::Client) {
+    let differing: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (\
+                 SELECT tenant_id, pdpl_category, count(*) AS activities \
+                 FROM processing_activities GROUP BY 1, 2) AS counted \
+             FULL JOIN activity_counts AS kept USING (tenant_id, pdpl_category) \
+             WHERE counted.activities IS DISTINCT FROM kept.activities",
+            &[],
+        )
+        .await
+        .expect("the count query runs")
+        .get(0);
+    assert_eq!(
+        differing, 0,
+        "activity_counts differ from the activities table"
+    );
 }

@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use crate::helpers::BOOTSTRAP_ADMIN_TOKEN;
 use crate::helpers::{
-    activities, http_client, repository_path, scratch_directory, spawn_app_on, test_server, url_of,
+    activities, assert_activity_counts_are_exact, http_client, repository_path, scratch_directory,
+    spawn_app_on, test_server, url_of,
 };
 
 struct EngineProcess {
@@ -244,6 +245,7 @@ async fn sigterm_stops_cleanly_and_staged_work_resumes() {
         .await;
     assert_eq!(scan["records_processed"], 20_000);
     assert_eq!(app.activities_of(tenant).await, 20_000);
+    app.assert_activity_counts_are_exact().await;
     app.stop().await;
 }
 
@@ -444,6 +446,7 @@ async fn acknowledged_records_survive_sigkill_at_any_point_exactly_once() {
         .unwrap()
         .get(0);
     assert_eq!((done, rows), (total, total));
+    assert_activity_counts_are_exact(&client).await;
     engine.signal(Signal::SIGTERM);
     tokio::task::block_in_place(|| engine.wait(Duration::from_secs(60)));
 }

@@ -75,12 +75,25 @@ async fn postgresql_limits_the_reader_role_to_the_tenant_of_the_transaction() {
     insert_activities(&app, tenant_b, 5).await;
     insert_scan(&app, tenant_a).await;
     insert_scan(&app, tenant_b).await;
+    app.db()
+        .await
+        .execute(
+            "INSERT INTO activity_counts (tenant_id, pdpl_category, activities) \
+             VALUES ($1, 'Category 3: Public Data', 3), ($2, 'Category 3: Public Data', 5)",
+            &[&tenant_a, &tenant_b],
+        )
+        .await
+        .unwrap();
 
     // No WHERE clause at all: the policy alone decides.
-    for table in ["processing_activities", "scans"] {
+    for table in ["processing_activities", "scans", "activity_counts"] {
         let sql = format!("SELECT tenant_id FROM {table}");
         let seen = tenants_seen_by_reader(&app, Some(&tenant_a.to_string()), &sql).await;
-        let expected = if table == "scans" { 1 } else { 3 };
+        let expected = if table == "processing_activities" {
+            3
+        } else {
+            1
+        };
         assert_eq!(seen.len(), expected, "{table}");
         assert!(seen.iter().all(|tenant| *tenant == tenant_a), "{table}");
 
@@ -126,6 +139,7 @@ async fn postgresql_limits_the_reader_role_to_the_tenant_of_the_transaction() {
     // The reader reads; it cannot write, nor read other tables.
     for statement in [
         "DELETE FROM processing_activities",
+        "UPDATE activity_counts SET activities = 0",
         "INSERT INTO scans (tenant_id, scan_id, status, priority, records_total) \
          VALUES (gen_random_uuid(), gen_random_uuid(), 'pending', 2, 1)",
         "SELECT count(*) FROM staged_chunks",
@@ -485,7 +499,7 @@ async fn a_saturated_read_pool_is_reported_and_does_not_stop_submissions() {
     let blocked_read = {
         let http = app.http.clone();
         let url = format!(
-            "{}/analytics/compliance-summary?tenant_id={tenant}",
+            "{}/analytics/processing-activities?tenant_id={tenant}",
             app.address
         );
         tokio::spawn(async move {

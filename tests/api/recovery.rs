@@ -76,6 +76,7 @@ async fn staged_work_left_by_a_stopped_instance_is_completed_by_the_next() {
         )
         .await;
     assert_eq!(duplicates, 0);
+    second.assert_activity_counts_are_exact().await;
     second.stop().await;
 }
 
@@ -104,6 +105,7 @@ async fn two_instances_on_one_database_apply_each_chunk_once() {
     // Sweeps of both instances have seen every chunk by now; nothing may be written twice.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(first.activities_of(tenant).await, 12_000);
+    first.assert_activity_counts_are_exact().await;
     first.stop().await;
     second.stop().await;
 }

@@ -122,6 +122,7 @@ async fn a_hundred_tenants_submitting_at_once_all_complete_exactly() {
         )
         .await;
     assert_eq!(duplicates, 0);
+    app.assert_activity_counts_are_exact().await;
     app.stop().await;
 }
 
