@@ -196,3 +196,99 @@ async fn only_the_chunk_that_finishes_a_scan_waits_for_its_commit_to_be_flushed(
         .get(0);
     assert_eq!(written, 2_345 + 10);
 }
+
+/// When a statement pipelined before a chunk's `COMMIT` fails (the scan update, or the category
+/// counts), PostgreSQL answers that `COMMIT` with a rollback: none of the chunk's rows, counts
+/// or progress are kept, the chunk stays staged, and it applies exactly once later.
+#[tokio::test]
+async fn a_failing_statement_before_commit_rolls_the_whole_chunk_back() {
+    for table in ["scans", "activity_counts"] {
+        let app = spawn_app().await;
+        let tenant = Uuid::new_v4();
+        let admin = app.db().await;
+        admin
+            .execute(
+                "INSERT INTO tenants (tenant_id, records_per_second, burst, max_backlog_records, paused) \
+                 VALUES ($1, 100000, 100000, 10000000, true)",
+                &[&tenant],
+            )
+            .await
+            .unwrap();
+        let response = app.post_scan(tenant, activities(500)).await;
+        assert_eq!(response.status(), 202);
+        let database = app.database.clone();
+        app.stop().await;
+        let chunk_id: i64 = admin
+            .query_one(
+                "SELECT chunk_id FROM staged_chunks WHERE tenant_id = $1",
+                &[&tenant],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        admin
+            .batch_execute(&format!(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+                     $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$; \
+                 CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON {table} \
+                     FOR EACH ROW EXECUTE FUNCTION refuse()"
+            ))
+            .await
+            .unwrap();
+
+        let connection = WriteConnection::open(&database).await.unwrap();
+        let source = ChunkSource::Staged { chunk_id };
+        let error = connection
+            .apply_chunk(TenantId(tenant), &source)
+            .await
+            .unwrap_err();
+        assert!(
+            error.database_message().contains("refused by the test"),
+            "{table}: {}",
+            error.database_message()
+        );
+        let kept = admin
+            .query_one(
+                "SELECT (SELECT count(*) FROM processing_activities WHERE tenant_id = $1), \
+                        (SELECT count(*) FROM staged_chunks WHERE tenant_id = $1), \
+                        (SELECT count(*) FROM activity_counts WHERE tenant_id = $1), \
+                        (SELECT records_processed::bigint FROM scans WHERE tenant_id = $1)",
+                &[&tenant],
+            )
+            .await
+            .unwrap();
+        let kept: [i64; 4] = [kept.get(0), kept.get(1), kept.get(2), kept.get(3)];
+        assert_eq!(
+            kept,
+            [0, 1, 0, 0],
+            "{table}: rows, staged, counts, progress"
+        );
+
+        admin
+            .batch_execute(&format!(
+                "DROP TRIGGER refuse ON {table}; DROP FUNCTION refuse()"
+            ))
+            .await
+            .unwrap();
+        let outcome = connection
+            .apply_chunk(TenantId(tenant), &source)
+            .await
+            .unwrap();
+        assert_eq!(outcome.written, 500, "{table}");
+        let again = connection
+            .apply_chunk(TenantId(tenant), &source)
+            .await
+            .unwrap();
+        assert!(again.already_applied, "{table}");
+        let written: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM processing_activities WHERE tenant_id = $1",
+                &[&tenant],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(written, 500, "{table}");
+        crate::helpers::assert_activity_counts_are_exact(&admin).await;
+    }
+}
