@@ -45,7 +45,9 @@ pub struct ChunkOutcome {
     pub already_applied: bool,
     /// The final status of the chunk's scan, if this chunk finished it.
     pub finished_scan_opt: Option<ScanStatus>,
-    /// The commit waited for its WAL flush (see the module documentation).
+    /// The transaction left the wait for its commit's WAL flush on: false when a staged chunk
+    /// that does not finish its scan turned it off (see the module documentation); otherwise
+    /// the server's own `synchronous_commit` applies.
     pub commit_flushed: bool,
 }
 
