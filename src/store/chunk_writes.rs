@@ -222,18 +222,24 @@ impl WriteConnection {
         let categories = PdplCategory::ALL.map(PdplCategory::as_str);
         let (categories, counts) = (&categories[..], &counts[..]);
         let count_parameters: [&(dyn ToSql + Sync); 3] = [&tenant_id.0, &categories, &counts];
-        // If a statement fails, PostgreSQL answers the COMMIT behind it with a rollback.
+        // If a statement fails, PostgreSQL answers the ones behind it with "current transaction
+        // is aborted" and the COMMIT with a rollback. All are awaited together (one round trip),
+        // then checked in the order they were sent, so the error returned is the first one: the
+        // cause, not an echo of it.
         match scan_id_opt {
             Some(scan_id) => {
                 let written = outcome.written as i32;
                 let failed = outcome.dead_lettered as i32;
                 let parameters: [&(dyn ToSql + Sync); 4] =
                     [&tenant_id.0, &scan_id, &written, &failed];
-                let (row_opt, _, ()) = tokio::try_join!(
+                let (advanced, counted, committed) = tokio::join!(
                     client.query_opt(&self.advance_scan, &parameters),
                     client.execute(&self.count_activities, &count_parameters),
                     client.batch_execute("COMMIT"),
-                )?;
+                );
+                let row_opt = advanced?;
+                counted?;
+                committed?;
                 if let Some(row) = row_opt {
                     outcome.commit_flushed = row.get::<_, &str>("synchronous_commit") == "on";
                     outcome.finished_scan_opt = ScanStatus::parse(row.get("status"))
@@ -241,10 +247,12 @@ impl WriteConnection {
                 }
             }
             None => {
-                tokio::try_join!(
+                let (counted, committed) = tokio::join!(
                     client.execute(&self.count_activities, &count_parameters),
                     client.batch_execute("COMMIT"),
-                )?;
+                );
+                counted?;
+                committed?;
             }
         }
         stages.lap("finish");
