@@ -438,3 +438,15 @@ pub async fn assert_activity_counts_are_exact(client: &tokio_postgres::Client) {
         "activity_counts differ from the activities table"
     );
 }
+
+/// How many activities `tenant_id` has in the table.
+pub async fn activities_in(client: &tokio_postgres::Client, tenant_id: Uuid) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM processing_activities WHERE tenant_id = $1",
+            &[&tenant_id],
+        )
+        .await
+        .expect("the count query runs")
+        .get(0)
+}

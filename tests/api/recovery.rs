@@ -6,7 +6,9 @@ use ingest_engine::submission;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{activities, spawn_app, spawn_app_on, TestApp};
+use crate::helpers::{
+    activities, activities_in, assert_activity_counts_are_exact, spawn_app, spawn_app_on, TestApp,
+};
 
 /// A new tenant, paused: its scans are accepted and staged but not written.
 async fn paused_tenant(app: &TestApp) -> Uuid {
@@ -182,15 +184,7 @@ async fn only_the_chunk_that_finishes_a_scan_waits_for_its_commit_to_be_flushed(
         .await
         .unwrap();
     assert_eq!(outcome.written, 10);
-    let written: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM processing_activities WHERE tenant_id = $1",
-            &[&tenant],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(written, 2_345 + 10);
+    assert_eq!(activities_in(&admin, tenant).await, 2_345 + 10);
 }
 
 /// When a statement pipelined before a chunk's `COMMIT` fails (the scan update, or the category
@@ -268,15 +262,7 @@ async fn a_failing_statement_before_commit_rolls_the_whole_chunk_back() {
             .await
             .unwrap();
         assert!(again.already_applied, "{table}");
-        let written: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM processing_activities WHERE tenant_id = $1",
-                &[&tenant],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(written, 500, "{table}");
-        crate::helpers::assert_activity_counts_are_exact(&admin).await;
+        assert_eq!(activities_in(&admin, tenant).await, 500, "{table}");
+        assert_activity_counts_are_exact(&admin).await;
     }
 }
