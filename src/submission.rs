@@ -103,16 +103,13 @@ pub fn prepare_scan(
         }
     }
     let scan_id = Uuid::now_v7();
-    let mut records = encode_records(
+    let records = encode_records(
         &envelope.activities,
         tenant_id,
         Some(scan_id),
         max_records,
         chunk_records,
     )?;
-    for chunk in &mut records.chunks {
-        chunk.compress_for_staging();
-    }
     Ok(PreparedScan {
         tenant_id,
         scan_id,
@@ -179,19 +176,16 @@ fn encode_records(
     let chunk_records = chunk_records.max(1);
     let created_at_unix_micros = chrono::Utc::now().timestamp_micros();
     let mut chunks = Vec::with_capacity(activities.len().div_ceil(chunk_records));
-    let mut current = EncodedChunk {
-        record_count: 0,
-        payload: Vec::new(),
-    };
+    let mut sealer = ChunkSealer::for_scan(scan_id_opt.is_some());
+    let mut tuples = Vec::new();
+    let mut record_count = 0;
     let mut errors = Vec::new();
     let mut records_failed = 0;
     for (index, raw) in activities.iter().enumerate() {
         match ProcessingActivity::parse(index, raw) {
             Ok(record) => {
-                if current.payload.is_empty() {
-                    current
-                        .payload
-                        .reserve(copy_encoder::encoded_size_hint(&record) * chunk_records);
+                if tuples.is_empty() {
+                    tuples.reserve(copy_encoder::encoded_size_hint(&record) * chunk_records);
                 }
                 let placement = RecordPlacement {
                     id: Uuid::now_v7(),
@@ -200,16 +194,11 @@ fn encode_records(
                     record_index: index as i32,
                     created_at_unix_micros,
                 };
-                copy_encoder::encode_record(&mut current.payload, &placement, &record);
-                current.record_count += 1;
-                if current.record_count as usize == chunk_records {
-                    chunks.push(std::mem::replace(
-                        &mut current,
-                        EncodedChunk {
-                            record_count: 0,
-                            payload: Vec::new(),
-                        },
-                    ));
+                copy_encoder::encode_record(&mut tuples, &placement, &record);
+                record_count += 1;
+                if record_count == chunk_records {
+                    chunks.push(sealer.seal(record_count, &mut tuples));
+                    record_count = 0;
                 }
             }
             Err(error) => {
@@ -220,8 +209,8 @@ fn encode_records(
             }
         }
     }
-    if current.record_count > 0 {
-        chunks.push(current);
+    if record_count > 0 {
+        chunks.push(sealer.seal(record_count, &mut tuples));
     }
     if chunks.is_empty() {
         return Err(SubmissionError::NothingValid {
@@ -235,6 +224,46 @@ fn encode_records(
         errors,
         chunks,
     })
+}
+
+/// Turns a full chunk's tuples into its [`EncodedChunk`]: compressed for staging (a scan), or
+/// kept as they are (a batch, written from memory while its request waits).
+enum ChunkSealer {
+    /// Holds the compression buffer all chunks of the scan share. The tuple buffer is shared
+    /// too: it is cleared, not replaced, after each chunk, so a scan faults in two chunk-sized
+    /// buffers instead of two per chunk.
+    Staged {
+        scratch: Vec<u8>,
+    },
+    Inline,
+}
+
+impl ChunkSealer {
+    fn for_scan(is_scan: bool) -> ChunkSealer {
+        if is_scan {
+            ChunkSealer::Staged {
+                scratch: Vec::new(),
+            }
+        } else {
+            ChunkSealer::Inline
+        }
+    }
+
+    /// Seals `tuples` (leaving it empty) as a chunk of `record_count` records.
+    fn seal(&mut self, record_count: usize, tuples: &mut Vec<u8>) -> EncodedChunk {
+        let record_count = record_count as i32;
+        match self {
+            ChunkSealer::Staged { scratch } => {
+                let chunk = EncodedChunk::staged(record_count, tuples, scratch);
+                tuples.clear();
+                chunk
+            }
+            ChunkSealer::Inline => EncodedChunk {
+                record_count,
+                payload: std::mem::take(tuples),
+            },
+        }
+    }
 }
 
 #[cfg(test)]

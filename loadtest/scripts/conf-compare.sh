@@ -9,7 +9,8 @@
 # COPY baseline (no psql baseline), then a clean stop. ENGINE, when given, is the engine binary
 # to run instead of target/release/ingest-engine (to compare two builds the same way). Reports go to
 # loadtest/reports/conf-compare-<time>/<name>-<round>/; the last lines printed are one row per
-# run: engine records/s, baseline records/s, their ratio, POST /data-scans p99.
+# run: engine records/s, baseline records/s, their ratio, POST /data-scans p99, and the CPU
+# seconds and minor page faults of the engine process over the scenario (from /proc).
 # Needs `cargo build --release --workspace --bins` first. Extra arguments for the scenario can
 # be given in SCANS_ARGS (for example SCANS_ARGS="--tenants 50").
 set -euo pipefail
@@ -53,10 +54,13 @@ for round in $(seq 1 "$rounds"); do
         done
         report="$out/$name-$round"
         mkdir -p "$report"
+        before=$(awk '{print $10, $14 + $15}' "/proc/$engine_pid/stat")
         # shellcheck disable=SC2086
         target/release/loadtest --engine-url "http://127.0.0.1:$port" \
             --postmaster-pid "$data/pg/postmaster.pid" --token "$(cat "$data/admin-token")" \
             --report-dir "$report" --no-psql-copy scans ${SCANS_ARGS:-} >"$report/output.txt" 2>&1 || true
+        after=$(awk '{print $10, $14 + $15}' "/proc/$engine_pid/stat")
+        echo "$before $after $(getconf CLK_TCK)" >"$report/engine-cpu.txt"
         kill -TERM "$engine_pid"
         wait "$engine_pid" || true
         engine_pid=""
@@ -67,7 +71,8 @@ done
 python3 - "$out" <<'EOF'
 import glob, json, os, sys
 out = sys.argv[1]
-print(f"{'run':<24}{'engine rec/s':>14}{'COPY rec/s':>12}{'ratio':>8}{'POST p99 ms':>13}")
+print(f"{'run':<24}{'engine rec/s':>14}{'COPY rec/s':>12}{'ratio':>8}{'POST p99 ms':>13}"
+      f"{'engine CPU s':>14}{'page faults':>13}")
 for path in sorted(glob.glob(os.path.join(out, "*", "scans-*.json"))):
     report = json.load(open(path))
     run = os.path.basename(os.path.dirname(path))
@@ -75,5 +80,11 @@ for path in sorted(glob.glob(os.path.join(out, "*", "scans-*.json"))):
     baseline = report["baseline"]["throughput"]["records_per_second"]
     post = report["endpoints"].get("POST /data-scans")
     p99 = post["latency_success"]["p99_ms"] if post else float("nan")
-    print(f"{run:<24}{engine:>14,.0f}{baseline:>12,.0f}{engine / baseline:>8.3f}{p99:>13,.0f}")
+    cpu_path = os.path.join(os.path.dirname(path), "engine-cpu.txt")
+    faults_before, ticks_before, faults_after, ticks_after, ticks_per_second = map(
+        int, open(cpu_path).read().split()) if os.path.exists(cpu_path) else (0, 0, 0, 0, 1)
+    cpu = (ticks_after - ticks_before) / ticks_per_second
+    faults = faults_after - faults_before
+    print(f"{run:<24}{engine:>14,.0f}{baseline:>12,.0f}{engine / baseline:>8.3f}{p99:>13,.0f}"
+          f"{cpu:>14.2f}{faults:>13,}")
 EOF

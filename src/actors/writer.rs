@@ -111,7 +111,7 @@ impl Handler<WriteChunk> for Writer {
         let connection_opt = self.connection_opt.take();
         let database = self.database.clone();
         let work = async move {
-            let connection = match connection_opt {
+            let mut connection = match connection_opt {
                 Some(connection) if !connection.is_closed() => connection,
                 _ => match WriteConnection::open(&database).await {
                     Ok(connection) => connection,

@@ -490,7 +490,8 @@ pub async fn read_json_body(
         content_length_opt.as_deref(),
         limit,
     )?;
-    collect_body(body, limit).await
+    let declared_opt = declared_length(content_length_opt.as_deref());
+    collect_body(body, declared_opt, limit).await
 }
 
 /// A submission's body, not yet read: it is read only once the submission is admitted.
@@ -519,9 +520,7 @@ impl PendingBody {
 
     /// The declared length, if any and well-formed.
     pub fn declared_length_opt(&self) -> Option<u64> {
-        self.content_length_opt
-            .as_deref()
-            .and_then(|text| text.trim().parse().ok())
+        declared_length(self.content_length_opt.as_deref())
     }
 
     /// Checks the headers, then reads at most `limit` bytes.
@@ -531,7 +530,8 @@ impl PendingBody {
             self.content_length_opt.as_deref(),
             limit,
         )?;
-        collect_body(self.stream, limit).await
+        let declared_opt = self.declared_length_opt();
+        collect_body(self.stream, declared_opt, limit).await
     }
 }
 
@@ -563,7 +563,7 @@ pub fn check_body_headers(
             ));
         }
     }
-    if let Some(length) = content_length_opt.and_then(|text| text.trim().parse::<u64>().ok()) {
+    if let Some(length) = declared_length(content_length_opt) {
         if length > limit {
             return Err(ApiError::payload_too_large(limit));
         }
@@ -571,11 +571,20 @@ pub fn check_body_headers(
     Ok(())
 }
 
+/// A well-formed `content-length`.
+fn declared_length(content_length_opt: Option<&str>) -> Option<u64> {
+    content_length_opt.and_then(|text| text.trim().parse().ok())
+}
+
+/// Reads the body into one buffer, sized up front from the declared length (at most `limit`)
+/// so a multi-megabyte body is not copied from buffer to buffer as it grows.
 async fn collect_body(
     mut body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+    declared_length_opt: Option<u64>,
     limit: u64,
 ) -> Result<Bytes, ApiError> {
-    let mut collected = BytesMut::new();
+    let capacity = declared_length_opt.unwrap_or(0).min(limit);
+    let mut collected = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
     while let Some(part) = body.next().await {
         let mut part = part.map_err(|_| {
             ApiError::bad_request(

@@ -33,7 +33,7 @@ use tokio_postgres::{Client, Config, Row, Statement, ToStatement, Transaction};
 use uuid::Uuid;
 
 use super::copy_encoder::{self, COPY_COLUMNS, COPY_HEADER, COPY_TRAILER};
-use super::{connect, StoreError};
+use super::{connect, staging, StoreError};
 use crate::domain::{PdplCategory, ScanStatus, TenantId};
 
 /// What applying a chunk did.
@@ -68,7 +68,21 @@ pub struct WriteConnection {
     copy: Statement,
     advance_scan: Statement,
     count_activities: Statement,
+    /// Where staged chunks are decompressed, kept from chunk to chunk: a fresh buffer per
+    /// chunk would be mapped and faulted in page by page each time (see
+    /// [`EncodedChunk::staged`](super::staging::EncodedChunk::staged)). Dropped after a chunk
+    /// that grew it past [`RETAINED_TUPLES_MAX_BYTES`], so one huge chunk does not stay
+    /// resident.
+    tuples_scratch: Vec<u8>,
 }
+
+/// Largest decompression buffer a writer keeps between chunks; a 1,000-record chunk of the
+/// load test's records is about 0.5 MiB.
+const RETAINED_TUPLES_MAX_BYTES: usize = 4 << 20;
+
+/// Size of the pieces a chunk is sent to `COPY` in: small enough to come from the allocator's
+/// reused memory rather than fresh pages, large enough that each is one `CopyData` message.
+const COPY_PIECE_BYTES: usize = 64 << 10;
 
 const TAKE_STAGED: &str = "DELETE FROM staged_chunks WHERE tenant_id = $1 AND chunk_id = $2 \
      RETURNING scan_id, record_count, payload, payload_encoding";
@@ -123,6 +137,7 @@ impl WriteConnection {
             copy,
             advance_scan,
             count_activities,
+            tuples_scratch: Vec::new(),
         })
     }
 
@@ -132,24 +147,28 @@ impl WriteConnection {
 
     /// Applies one chunk of `tenant_id`; see the module documentation.
     pub async fn apply_chunk(
-        &self,
+        &mut self,
         tenant_id: TenantId,
         source: &ChunkSource,
     ) -> Result<ChunkOutcome, StoreError> {
-        match self.apply_once(tenant_id, source, Mode::Whole).await {
+        let outcome = match self.apply_once(tenant_id, source, Mode::Whole).await {
             Err(error) if !error.is_retryable() => {
                 tracing::warn!(%tenant_id, %error, "chunk refused; isolating the records at fault");
                 self.apply_once(tenant_id, source, Mode::Isolate).await
             }
             outcome => outcome,
+        };
+        if self.tuples_scratch.capacity() > RETAINED_TUPLES_MAX_BYTES {
+            self.tuples_scratch = Vec::new();
         }
+        outcome
     }
 
     /// One transaction, opened and closed by hand so that `BEGIN` travels with the chunk's
     /// first statement and `COMMIT` with its last. Any error rolls it back before returning, so
     /// the connection is always left outside a transaction.
     async fn apply_once(
-        &self,
+        &mut self,
         tenant_id: TenantId,
         source: &ChunkSource,
         mode: Mode,
@@ -163,20 +182,21 @@ impl WriteConnection {
     }
 
     async fn transaction(
-        &self,
+        &mut self,
         tenant_id: TenantId,
         source: &ChunkSource,
         mode: Mode,
     ) -> Result<ChunkOutcome, StoreError> {
         let client = &self.client;
         let mut stages = crate::metrics::StageTimer::chunk();
-        let (scan_id_opt, payload, record_count, commit_flushed) = match source {
+        let staged_row;
+        let (scan_id_opt, payload, record_count, commit_flushed): (_, &[u8], _, _) = match source {
             ChunkSource::Inline {
                 payload,
                 record_count,
             } => {
                 client.batch_execute("BEGIN").await?;
-                (None, payload.clone(), *record_count, true)
+                (None, payload, *record_count, true)
             }
             ChunkSource::Staged { chunk_id } => {
                 let parameters: [&(dyn ToSql + Sync); 2] = [&tenant_id.0, chunk_id];
@@ -191,24 +211,30 @@ impl WriteConnection {
                         ..ChunkOutcome::default()
                     });
                 };
-                let (scan_id, record_count, payload) = staged_payload(&row)?;
-                (Some(scan_id), payload, record_count, false)
+                staged_row = row;
+                let tuples = staged_tuples(&staged_row, &mut self.tuples_scratch)?;
+                (
+                    Some(staged_row.get("scan_id")),
+                    tuples,
+                    staged_row.get("record_count"),
+                    false,
+                )
             }
         };
         stages.lap("fetch");
         let (mut outcome, counts) = match mode {
             Mode::Whole => {
-                copy_tuples(client, &self.copy, std::slice::from_ref(&payload)).await?;
+                copy_tuples(client, &self.copy, &[payload]).await?;
                 let outcome = ChunkOutcome {
                     written: record_count as u64,
                     commit_flushed,
                     ..ChunkOutcome::default()
                 };
-                (outcome, category_counts_of(&payload)?)
+                (outcome, category_counts_of(payload)?)
             }
             Mode::Isolate => {
                 let (outcome, counts) =
-                    isolate(client, &self.copy, tenant_id, scan_id_opt, &payload).await?;
+                    isolate(client, &self.copy, tenant_id, scan_id_opt, payload).await?;
                 (
                     ChunkOutcome {
                         commit_flushed,
@@ -260,20 +286,14 @@ impl WriteConnection {
     }
 }
 
-/// A staged row's scan, record count and decompressed tuples.
-fn staged_payload(row: &Row) -> Result<(Uuid, i32, Bytes), StoreError> {
-    let stored: Vec<u8> = row.get("payload");
-    let payload = match row.get::<_, &str>("payload_encoding") {
-        "lz4-copy-binary" => lz4_flex::decompress_size_prepended(&stored).map_err(|error| {
-            StoreError::Corrupt(format!("a staged chunk does not decompress: {error}"))
-        })?,
-        _ => stored,
-    };
-    Ok((
-        row.get("scan_id"),
-        row.get("record_count"),
-        Bytes::from(payload),
-    ))
+/// A staged row's tuples: borrowed from the row, or decompressed into `scratch`.
+fn staged_tuples<'r>(row: &'r Row, scratch: &'r mut Vec<u8>) -> Result<&'r [u8], StoreError> {
+    let stored: &[u8] = row.get("payload");
+    match row.get::<_, &str>("payload_encoding") {
+        "lz4-copy-binary" => staging::unstaged(stored, scratch)
+            .ok_or_else(|| StoreError::Corrupt("a staged chunk does not decompress".into())),
+        _ => Ok(stored),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,18 +303,27 @@ enum Mode {
 }
 
 /// Streams pre-encoded tuples into `processing_activities` with `statement`, a prepared or
-/// plain `COPY ... FROM STDIN (FORMAT binary)`.
-async fn copy_tuples<T>(client: &Client, statement: &T, parts: &[Bytes]) -> Result<u64, StoreError>
+/// plain `COPY ... FROM STDIN (FORMAT binary)`, in pieces of [`COPY_PIECE_BYTES`] (the
+/// connection copies each piece into its send buffer anyway).
+async fn copy_tuples<T>(client: &Client, statement: &T, parts: &[&[u8]]) -> Result<u64, StoreError>
 where
     T: ?Sized + ToStatement,
 {
     let sink = client.copy_in::<_, Bytes>(statement).await?;
     futures_util::pin_mut!(sink);
-    sink.feed(Bytes::from_static(COPY_HEADER)).await?;
+    let mut piece = Vec::with_capacity(COPY_PIECE_BYTES);
+    piece.extend_from_slice(COPY_HEADER);
     for part in parts {
-        sink.feed(part.clone()).await?;
+        for slice in part.chunks(COPY_PIECE_BYTES) {
+            if piece.len() + slice.len() > COPY_PIECE_BYTES {
+                let full = std::mem::replace(&mut piece, Vec::with_capacity(COPY_PIECE_BYTES));
+                sink.feed(Bytes::from(full)).await?;
+            }
+            piece.extend_from_slice(slice);
+        }
     }
-    sink.feed(Bytes::from_static(COPY_TRAILER)).await?;
+    piece.extend_from_slice(COPY_TRAILER);
+    sink.feed(Bytes::from(piece)).await?;
     Ok(sink.as_mut().finish().await?)
 }
 
@@ -314,7 +343,7 @@ fn not_well_formed() -> StoreError {
 pub(super) async fn count_again(
     transaction: &Transaction<'_>,
     tenant_id: TenantId,
-    payload: &Bytes,
+    payload: &[u8],
 ) -> Result<(), StoreError> {
     let counts = category_counts_of(payload)?;
     let categories = PdplCategory::ALL.map(PdplCategory::as_str);
@@ -330,14 +359,9 @@ pub(super) async fn count_again(
 /// Copies a dead letter's tuple again, inside the caller's transaction.
 pub(super) async fn copy_again(
     transaction: &Transaction<'_>,
-    payload: &Bytes,
+    payload: &[u8],
 ) -> Result<u64, StoreError> {
-    copy_tuples(
-        transaction.client(),
-        &copy_statement(),
-        std::slice::from_ref(payload),
-    )
-    .await
+    copy_tuples(transaction.client(), &copy_statement(), &[payload]).await
 }
 
 /// Bisects the chunk under savepoints; see the module documentation. Returns the outcome and
@@ -347,13 +371,9 @@ async fn isolate(
     copy: &Statement,
     tenant_id: TenantId,
     scan_id_opt: Option<Uuid>,
-    payload: &Bytes,
+    payload: &[u8],
 ) -> Result<(ChunkOutcome, [i64; PdplCategory::ALL.len()]), StoreError> {
-    let tuples: Vec<Bytes> = copy_encoder::split_tuples(payload)
-        .ok_or_else(not_well_formed)?
-        .into_iter()
-        .map(|tuple| payload.slice_ref(tuple))
-        .collect();
+    let tuples = copy_encoder::split_tuples(payload).ok_or_else(not_well_formed)?;
     let mut outcome = ChunkOutcome::default();
     let mut counts = [0; PdplCategory::ALL.len()];
     let mut pending: Vec<Range<usize>> = Vec::new();
@@ -364,9 +384,8 @@ async fn isolate(
             Ok(written) => {
                 client.batch_execute("RELEASE SAVEPOINT isolate").await?;
                 outcome.written += written;
-                let written_counts =
-                    copy_encoder::category_counts(tuples[range].iter().map(|tuple| tuple.as_ref()))
-                        .ok_or_else(not_well_formed)?;
+                let written_counts = copy_encoder::category_counts(tuples[range].iter().copied())
+                    .ok_or_else(not_well_formed)?;
                 for (total, added) in counts.iter_mut().zip(written_counts) {
                     *total += added;
                 }
@@ -377,7 +396,7 @@ async fn isolate(
                     .batch_execute("ROLLBACK TO SAVEPOINT isolate; RELEASE SAVEPOINT isolate")
                     .await?;
                 if range.len() == 1 {
-                    let tuple = &tuples[range.start];
+                    let tuple = tuples[range.start];
                     dead_letter(client, tenant_id, scan_id_opt, tuple, &error).await?;
                     outcome.dead_lettered += 1;
                 } else {
@@ -396,7 +415,7 @@ async fn dead_letter(
     client: &Client,
     tenant_id: TenantId,
     scan_id_opt: Option<Uuid>,
-    tuple: &Bytes,
+    tuple: &[u8],
     error: &StoreError,
 ) -> Result<(), StoreError> {
     let record_index = copy_encoder::tuple_record_index(tuple).unwrap_or(-1);
@@ -406,13 +425,7 @@ async fn dead_letter(
         .execute(
             "INSERT INTO dead_letters (tenant_id, scan_id, record_index, payload, error) \
              VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &tenant_id.0,
-                &scan_id_opt,
-                &record_index,
-                &tuple.as_ref(),
-                &message,
-            ],
+            &[&tenant_id.0, &scan_id_opt, &record_index, &tuple, &message],
         )
         .await?;
     Ok(())

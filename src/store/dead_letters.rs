@@ -87,10 +87,10 @@ pub async fn replay(
     }
     let tenant_id = TenantId(row.get("tenant_id"));
     let scan_id_opt: Option<Uuid> = row.get("scan_id");
-    let payload = bytes::Bytes::from(row.get::<_, Vec<u8>>("payload"));
+    let payload: &[u8] = row.get("payload");
 
     transaction.batch_execute("SAVEPOINT replay").await?;
-    match copy_again(&transaction, &payload).await {
+    match copy_again(&transaction, payload).await {
         Ok(_) => {
             transaction
                 .execute("UPDATE dead_letters SET replayed_at = now(), attempts = attempts + 1 WHERE dead_letter_id = $1", &[&dead_letter_id])
@@ -108,7 +108,7 @@ pub async fn replay(
                     )
                     .await?;
             }
-            count_again(&transaction, tenant_id, &payload).await?;
+            count_again(&transaction, tenant_id, payload).await?;
             let after = serde_json::json!({ "replayed": true });
             audit(
                 &transaction,

@@ -21,12 +21,53 @@ pub struct EncodedChunk {
 }
 
 impl EncodedChunk {
-    /// The form staging stores: lz4 with the uncompressed size prepended. Chunks of one scan
+    /// The form staging stores: `tuples` lz4-compressed with their size prepended (lz4_flex's
+    /// `compress_prepend_size` layout, which `staged_payload` reads back). Chunks of one scan
     /// repeat much of their text (purposes, recipients, field names), so this cuts what staging
     /// writes, and its WAL, several times, for far less CPU than TOAST's pglz would spend.
-    pub fn compress_for_staging(&mut self) {
-        self.payload = lz4_flex::compress_prepend_size(&self.payload);
+    ///
+    /// `scratch` is the worst-case output buffer, kept by the caller from chunk to chunk: a
+    /// fresh one per chunk would be mapped and faulted in page by page every time (it is above
+    /// the allocator's mmap threshold), which cost more than the compression. The stored
+    /// payload is copied out at its compressed size.
+    pub fn staged(record_count: i32, tuples: &[u8], scratch: &mut Vec<u8>) -> EncodedChunk {
+        let bound = SIZE_PREFIX_BYTES + lz4_flex::block::get_maximum_output_size(tuples.len());
+        if scratch.len() < bound {
+            scratch.resize(bound, 0);
+        }
+        let size = u32::try_from(tuples.len()).expect("a chunk is far smaller than 4 GiB");
+        scratch[..SIZE_PREFIX_BYTES].copy_from_slice(&size.to_le_bytes());
+        let compressed = lz4_flex::block::compress_into(tuples, &mut scratch[SIZE_PREFIX_BYTES..])
+            .expect("the output buffer has lz4's worst-case size for this input");
+        EncodedChunk {
+            record_count,
+            payload: scratch[..SIZE_PREFIX_BYTES + compressed].to_vec(),
+        }
     }
+}
+
+/// The uncompressed size in front of a staged payload: a little-endian `u32`.
+const SIZE_PREFIX_BYTES: usize = 4;
+
+/// LZ4 never expands data more than about 255 times, so a larger size prefix means corruption
+/// (and is not allocated).
+const MAX_EXPANSION: usize = 255;
+
+/// The tuples of a payload made by [`EncodedChunk::staged`], decompressed into `scratch`, a
+/// buffer the caller keeps from chunk to chunk for the reason given there. `None` if the
+/// payload is not what `staged` makes.
+pub fn unstaged<'s>(payload: &[u8], scratch: &'s mut Vec<u8>) -> Option<&'s [u8]> {
+    let (prefix, compressed) = payload.split_at_checked(SIZE_PREFIX_BYTES)?;
+    let size = u32::from_le_bytes(prefix.try_into().ok()?) as usize;
+    if size > compressed.len().saturating_mul(MAX_EXPANSION) + SIZE_PREFIX_BYTES {
+        return None;
+    }
+    if scratch.len() < size {
+        scratch.resize(size, 0);
+    }
+    let tuples = &mut scratch[..size];
+    let written = lz4_flex::block::decompress_into(compressed, tuples).ok()?;
+    (written == size).then_some(&*tuples)
 }
 
 /// A staged chunk as actors know it: a reference, never its records.
@@ -300,4 +341,47 @@ pub async fn staged_chunk_refs(
             record_count: row.get("record_count"),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_payloads_keep_lz4_flex_layout_and_come_back_whole() {
+        let tuples: Vec<u8> = (0..50_000u32)
+            .flat_map(|n| (n % 251).to_be_bytes())
+            .collect();
+        let mut scratch = Vec::new();
+        let chunk = EncodedChunk::staged(7, &tuples, &mut scratch);
+        assert_eq!(chunk.record_count, 7);
+        // Payloads staged by earlier releases (compress_prepend_size) read back the same way.
+        assert_eq!(chunk.payload, lz4_flex::compress_prepend_size(&tuples));
+        assert!(chunk.payload.len() < tuples.len() / 2);
+        let mut decompressed = vec![0xAA; tuples.len() * 2];
+        assert_eq!(
+            unstaged(&chunk.payload, &mut decompressed),
+            Some(&tuples[..])
+        );
+        // A reused, smaller compression buffer gives the same payload.
+        let small = EncodedChunk::staged(1, &tuples[..100], &mut scratch);
+        assert_eq!(
+            small.payload,
+            lz4_flex::compress_prepend_size(&tuples[..100])
+        );
+        let mut fresh = Vec::new();
+        assert_eq!(unstaged(&small.payload, &mut fresh), Some(&tuples[..100]));
+    }
+
+    #[test]
+    fn corrupt_staged_payloads_are_refused_without_allocating_their_claim() {
+        let mut scratch = Vec::new();
+        assert_eq!(unstaged(b"\x01\x02", &mut scratch), None);
+        let claims_four_gib = [0xFF, 0xFF, 0xFF, 0xFF, 0x10, 0x61];
+        assert_eq!(unstaged(&claims_four_gib, &mut scratch), None);
+        assert!(scratch.capacity() < 1024);
+        let mut payload = lz4_flex::compress_prepend_size(b"activities and more activities");
+        payload[0] += 1; // one byte more than the data holds
+        assert_eq!(unstaged(&payload, &mut scratch), None);
+    }
 }

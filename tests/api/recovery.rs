@@ -134,7 +134,7 @@ async fn only_the_chunk_that_finishes_a_scan_waits_for_its_commit_to_be_flushed(
     let database = app.database.clone();
     app.stop().await;
 
-    let connection = WriteConnection::open(&database).await.unwrap();
+    let mut connection = WriteConnection::open(&database).await.unwrap();
     let admin = ingest_engine::store::connect(&database).await.unwrap();
     let chunk_ids: Vec<i64> = admin
         .query(
@@ -218,7 +218,7 @@ async fn a_failing_statement_before_commit_rolls_the_whole_chunk_back() {
             .await
             .unwrap();
 
-        let connection = WriteConnection::open(&database).await.unwrap();
+        let mut connection = WriteConnection::open(&database).await.unwrap();
         let source = ChunkSource::Staged { chunk_id };
         let error = connection
             .apply_chunk(TenantId(tenant), &source)
