@@ -341,5 +341,15 @@ mod tests {
             prepare_scan(b"\xff\xfe", 3, 10),
             Err(SubmissionError::Malformed(_))
         ));
+        // U+0000 written raw inside a string (not as the escape \u0000) is not JSON: the
+        // record rules rely on this to check only escaped strings for it.
+        let raw_nul = format!(
+            "{{\"tenant_id\":\"{tenant}\",\"activities\":[{}]}}",
+            record("a\0b")
+        );
+        assert!(matches!(
+            prepare_scan(raw_nul.as_bytes(), 3, 10),
+            Err(SubmissionError::Malformed(_))
+        ));
     }
 }

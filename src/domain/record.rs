@@ -389,12 +389,24 @@ fn text<'a>(
     max_chars: usize,
 ) -> Result<Cow<'a, str>, RecordError> {
     let value = string(index, field, value)?;
-    check_text(index, field, &value, max_chars)?;
+    check_text(
+        index,
+        field,
+        &value,
+        matches!(value, Cow::Borrowed(_)),
+        max_chars,
+    )?;
     Ok(value)
 }
 
-fn check_text(index: usize, field: &str, value: &str, max_chars: usize) -> Result<(), RecordError> {
-    match text_problem(value, max_chars) {
+fn check_text(
+    index: usize,
+    field: &str,
+    value: &str,
+    unescaped: bool,
+    max_chars: usize,
+) -> Result<(), RecordError> {
+    match text_problem(value, unescaped, max_chars) {
         None => Ok(()),
         Some(problem) => Err(problem.error(index, field, max_chars)),
     }
@@ -406,12 +418,15 @@ enum TextProblem {
     Nul,
 }
 
-fn text_problem(value: &str, max_chars: usize) -> Option<TextProblem> {
+/// `unescaped`: the JSON string held no escape (it was borrowed from the body as written). JSON
+/// refuses a raw control character inside a string, so U+0000 can only arrive as the escape
+/// `\u0000`, and only strings with an escape need to be scanned for it.
+fn text_problem(value: &str, unescaped: bool, max_chars: usize) -> Option<TextProblem> {
     // A UTF-8 string never has more characters than bytes, so most strings skip the count.
     if value.len() > max_chars && value.chars().count() > max_chars {
         return Some(TextProblem::TooLong);
     }
-    value.contains('\0').then_some(TextProblem::Nul)
+    (!unescaped && value.contains('\0')).then_some(TextProblem::Nul)
 }
 
 impl TextProblem {
@@ -491,7 +506,9 @@ fn text_list<'a>(
                     format!("{item_field} không được để trống"),
                 ));
             }
-            if let Some(problem) = text_problem(&value, max_item_chars) {
+            if let Some(problem) =
+                text_problem(&value, matches!(value, Cow::Borrowed(_)), max_item_chars)
+            {
                 return Err(problem.error(index, &item_field(), max_item_chars));
             }
             Ok(value)
