@@ -1,8 +1,17 @@
 //! Turning a request body into encoded chunks: the parse-and-encode step of both ingest routes.
 //!
-//! The body is parsed once; each record is borrowed from it as raw JSON, parsed into a
-//! [`ProcessingActivity`] (or a per-record error), and encoded straight into its chunk's COPY
-//! tuples. Nothing else keeps the records.
+//! Each record is parsed into a [`ProcessingActivity`] (or a per-record error) and encoded
+//! straight into its chunk's COPY tuples; nothing else keeps the records. Two readers do this:
+//!
+//! - [`one_pass`] reads the body once, encoding each record as soon as it is read. It takes
+//!   the common case only: well-formed JSON, the scan's `tenant_id` before its `activities`,
+//!   valid envelope fields and at least one valid record.
+//! - Anything else is read again by the two-pass reader below, which first borrows each record
+//!   as raw JSON (`RawValue`) and then parses it: it decides every whole-submission error, so a
+//!   body gets the same answer whichever reader took it, and the one-pass reader never has to
+//!   explain a refusal. The common case reads each byte once instead of twice.
+
+mod one_pass;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -78,37 +87,42 @@ pub struct PreparedScan {
 /// Longest accepted idempotency key, in bytes.
 const IDEMPOTENCY_KEY_MAX_BYTES: usize = 255;
 
+/// How many records a submission may hold, and how many go in a chunk.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_records: usize,
+    chunk_records: usize,
+}
+
 pub fn prepare_scan(
     body: &[u8],
     max_records: usize,
     chunk_records: usize,
 ) -> Result<PreparedScan, SubmissionError> {
-    let envelope: ScanEnvelope = parse_envelope(body)?;
-    let tenant_id = parse_tenant_id(envelope.tenant_id)?;
-    let priority = match envelope.priority {
-        None => Priority::Standard,
-        Some(text) => Priority::parse(text).ok_or_else(|| SubmissionError::InvalidField {
-            field: "priority",
-            message: "priority must be one of critical, high, standard, low".into(),
-            message_vi: "priority phải là một trong critical, high, standard, low".into(),
-        })?,
-    };
-    if let Some(key) = &envelope.idempotency_key {
-        if key.is_empty() || key.len() > IDEMPOTENCY_KEY_MAX_BYTES || key.contains('\0') {
-            return Err(SubmissionError::InvalidField {
-                field: "idempotency_key",
-                message: format!("idempotency_key must be 1 to {IDEMPOTENCY_KEY_MAX_BYTES} bytes without U+0000"),
-                message_vi: format!("idempotency_key phải dài từ 1 đến {IDEMPOTENCY_KEY_MAX_BYTES} byte và không chứa U+0000"),
-            });
-        }
-    }
-    let scan_id = Uuid::now_v7();
-    let records = encode_records(
-        &envelope.activities,
-        tenant_id,
-        Some(scan_id),
+    let text = utf8(body)?;
+    let limits = Limits {
         max_records,
         chunk_records,
+    };
+    let scan_id = Uuid::now_v7();
+    match one_pass::read_scan(text, scan_id, limits) {
+        Some(prepared) => Ok(prepared),
+        None => read_scan_in_two_passes(text, scan_id, limits),
+    }
+}
+
+fn read_scan_in_two_passes(
+    text: &str,
+    scan_id: Uuid,
+    limits: Limits,
+) -> Result<PreparedScan, SubmissionError> {
+    let envelope: ScanEnvelope = parse_envelope(text)?;
+    let tenant_id = parse_tenant_id(envelope.tenant_id)?;
+    let priority = scan_options(envelope.priority, envelope.idempotency_key.as_deref())?;
+    let records = encode_records(
+        &envelope.activities,
+        RecordEncoder::new(tenant_id, Some(scan_id), limits),
+        limits,
     )?;
     Ok(PreparedScan {
         tenant_id,
@@ -125,14 +139,53 @@ pub fn prepare_batch(
     max_records: usize,
     chunk_records: usize,
 ) -> Result<EncodedRecords, SubmissionError> {
-    let envelope: BatchEnvelope = parse_envelope(body)?;
-    encode_records(
-        &envelope.activities,
-        tenant_id,
-        None,
+    let text = utf8(body)?;
+    let limits = Limits {
         max_records,
         chunk_records,
+    };
+    match one_pass::read_batch(text, tenant_id, limits) {
+        Some(records) => Ok(records),
+        None => read_batch_in_two_passes(text, tenant_id, limits),
+    }
+}
+
+fn read_batch_in_two_passes(
+    text: &str,
+    tenant_id: TenantId,
+    limits: Limits,
+) -> Result<EncodedRecords, SubmissionError> {
+    let envelope: BatchEnvelope = parse_envelope(text)?;
+    encode_records(
+        &envelope.activities,
+        RecordEncoder::new(tenant_id, None, limits),
+        limits,
     )
+}
+
+/// Checks a scan's optional `priority` and `idempotency_key`.
+fn scan_options(
+    priority_opt: Option<&str>,
+    idempotency_key_opt: Option<&str>,
+) -> Result<Priority, SubmissionError> {
+    let priority = match priority_opt {
+        None => Priority::Standard,
+        Some(text) => Priority::parse(text).ok_or_else(|| SubmissionError::InvalidField {
+            field: "priority",
+            message: "priority must be one of critical, high, standard, low".into(),
+            message_vi: "priority phải là một trong critical, high, standard, low".into(),
+        })?,
+    };
+    if let Some(key) = idempotency_key_opt {
+        if key.is_empty() || key.len() > IDEMPOTENCY_KEY_MAX_BYTES || key.contains('\0') {
+            return Err(SubmissionError::InvalidField {
+                field: "idempotency_key",
+                message: format!("idempotency_key must be 1 to {IDEMPOTENCY_KEY_MAX_BYTES} bytes without U+0000"),
+                message_vi: format!("idempotency_key phải dài từ 1 đến {IDEMPOTENCY_KEY_MAX_BYTES} byte và không chứa U+0000"),
+            });
+        }
+    }
+    Ok(priority)
 }
 
 pub fn parse_tenant_id(text: &str) -> Result<TenantId, SubmissionError> {
@@ -145,85 +198,135 @@ pub fn parse_tenant_id(text: &str) -> Result<TenantId, SubmissionError> {
         })
 }
 
-/// Parses the body's envelope, borrowing each record as raw JSON text.
-///
-/// The body is checked to be UTF-8 once, up front, with SIMD (`simdutf8`): serde_json on bytes
-/// would check every string and raw record again with the scalar check, which on Vietnamese
-/// text (many multi-byte characters) was a fifth of the parse-and-encode time.
-fn parse_envelope<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, SubmissionError> {
-    let text = simdutf8::compat::from_utf8(body).map_err(|error| {
+/// The body as text, checked to be UTF-8 once, up front, with SIMD (`simdutf8`): serde_json on
+/// bytes would check every string and raw record again with the scalar check, which on
+/// Vietnamese text (many multi-byte characters) was a fifth of the parse-and-encode time.
+fn utf8(body: &[u8]) -> Result<&str, SubmissionError> {
+    simdutf8::compat::from_utf8(body).map_err(|error| {
         SubmissionError::Malformed(format!("invalid UTF-8 at byte {}", error.valid_up_to()))
-    })?;
+    })
+}
+
+/// Parses the body's envelope, borrowing each record as raw JSON text (the two-pass reader).
+fn parse_envelope<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, SubmissionError> {
     serde_json::from_str(text).map_err(|error| SubmissionError::Malformed(error.to_string()))
 }
 
+/// Encodes records borrowed as raw JSON (the two-pass reader).
 fn encode_records(
     activities: &[&RawValue],
-    tenant_id: TenantId,
-    scan_id_opt: Option<Uuid>,
-    max_records: usize,
-    chunk_records: usize,
+    mut encoder: RecordEncoder,
+    limits: Limits,
 ) -> Result<EncodedRecords, SubmissionError> {
     if activities.is_empty() {
         return Err(SubmissionError::NoRecords);
     }
-    if activities.len() > max_records {
+    if activities.len() > limits.max_records {
         return Err(SubmissionError::TooManyRecords {
             count: activities.len(),
-            max: max_records,
+            max: limits.max_records,
         });
     }
-    let chunk_records = chunk_records.max(1);
-    let created_at_unix_micros = chrono::Utc::now().timestamp_micros();
-    let mut chunks = Vec::with_capacity(activities.len().div_ceil(chunk_records));
-    let mut sealer = ChunkSealer::for_scan(scan_id_opt.is_some());
-    let mut tuples = Vec::new();
-    let mut record_count = 0;
-    let mut errors = Vec::new();
-    let mut records_failed = 0;
     for (index, raw) in activities.iter().enumerate() {
-        match ProcessingActivity::parse(index, raw) {
-            Ok(record) => {
-                if tuples.is_empty() {
-                    tuples.reserve(copy_encoder::encoded_size_hint(&record) * chunk_records);
-                }
-                let placement = RecordPlacement {
-                    id: Uuid::now_v7(),
-                    tenant_id: tenant_id.0,
-                    scan_id_opt,
-                    record_index: index as i32,
-                    created_at_unix_micros,
-                };
-                copy_encoder::encode_record(&mut tuples, &placement, &record);
-                record_count += 1;
-                if record_count == chunk_records {
-                    chunks.push(sealer.seal(record_count, &mut tuples));
-                    record_count = 0;
-                }
-            }
-            Err(error) => {
-                records_failed += 1;
-                if errors.len() < MAX_REPORTED_ERRORS {
-                    errors.push(error);
-                }
-            }
+        encoder.add(ProcessingActivity::parse(index, raw));
+    }
+    encoder.finish()
+}
+
+/// Encodes a submission's records, in order, into chunks as they are parsed, and keeps the
+/// count and the first errors of the invalid ones.
+struct RecordEncoder {
+    tenant_id: TenantId,
+    scan_id_opt: Option<Uuid>,
+    chunk_records: usize,
+    /// Acceptance time of every record of the submission.
+    created_at_unix_micros: i64,
+    sealer: ChunkSealer,
+    /// The tuples of the chunk being filled, and how many records they hold.
+    tuples: Vec<u8>,
+    chunk_record_count: usize,
+    chunks: Vec<EncodedChunk>,
+    /// Records added so far, valid or not: the next record's index in its submission.
+    records_total: usize,
+    records_failed: usize,
+    errors: Vec<RecordError>,
+}
+
+impl RecordEncoder {
+    fn new(tenant_id: TenantId, scan_id_opt: Option<Uuid>, limits: Limits) -> RecordEncoder {
+        RecordEncoder {
+            tenant_id,
+            scan_id_opt,
+            chunk_records: limits.chunk_records.max(1),
+            created_at_unix_micros: chrono::Utc::now().timestamp_micros(),
+            sealer: ChunkSealer::for_scan(scan_id_opt.is_some()),
+            tuples: Vec::new(),
+            chunk_record_count: 0,
+            chunks: Vec::new(),
+            records_total: 0,
+            records_failed: 0,
+            errors: Vec::new(),
         }
     }
-    if record_count > 0 {
-        chunks.push(sealer.seal(record_count, &mut tuples));
+
+    /// The index the next record has in its submission.
+    fn next_index(&self) -> usize {
+        self.records_total
     }
-    if chunks.is_empty() {
-        return Err(SubmissionError::NothingValid {
-            errors,
-            records_failed,
-        });
+
+    /// Adds the record at [`RecordEncoder::next_index`], parsed or refused.
+    fn add(&mut self, parsed: Result<ProcessingActivity<'_>, RecordError>) {
+        let index = self.records_total;
+        self.records_total += 1;
+        let record = match parsed {
+            Ok(record) => record,
+            Err(error) => {
+                self.records_failed += 1;
+                if self.errors.len() < MAX_REPORTED_ERRORS {
+                    self.errors.push(error);
+                }
+                return;
+            }
+        };
+        if self.tuples.is_empty() {
+            self.tuples
+                .reserve(copy_encoder::encoded_size_hint(&record) * self.chunk_records);
+        }
+        let placement = RecordPlacement {
+            id: Uuid::now_v7(),
+            tenant_id: self.tenant_id.0,
+            scan_id_opt: self.scan_id_opt,
+            record_index: index as i32,
+            created_at_unix_micros: self.created_at_unix_micros,
+        };
+        copy_encoder::encode_record(&mut self.tuples, &placement, &record);
+        self.chunk_record_count += 1;
+        if self.chunk_record_count == self.chunk_records {
+            self.chunks
+                .push(self.sealer.seal(self.chunk_record_count, &mut self.tuples));
+            self.chunk_record_count = 0;
+        }
     }
-    Ok(EncodedRecords {
-        records_total: activities.len(),
-        records_failed,
-        errors,
-        chunks,
-    })
+
+    /// The encoded records, or [`SubmissionError::NothingValid`] if none was valid.
+    fn finish(mut self) -> Result<EncodedRecords, SubmissionError> {
+        if self.chunk_record_count > 0 {
+            self.chunks
+                .push(self.sealer.seal(self.chunk_record_count, &mut self.tuples));
+        }
+        if self.chunks.is_empty() {
+            return Err(SubmissionError::NothingValid {
+                errors: self.errors,
+                records_failed: self.records_failed,
+            });
+        }
+        Ok(EncodedRecords {
+            records_total: self.records_total,
+            records_failed: self.records_failed,
+            errors: self.errors,
+            chunks: self.chunks,
+        })
+    }
 }
 
 /// Turns a full chunk's tuples into its [`EncodedChunk`]: compressed for staging (a scan), or
@@ -269,6 +372,157 @@ impl ChunkSealer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::staging;
+
+    const LIMITS: Limits = Limits {
+        max_records: 12,
+        chunk_records: 2,
+    };
+
+    /// What a reader made of a body, without what differs from call to call (record and scan
+    /// ids, acceptance times): scan fields, counts, errors, and each chunk's tuples with those
+    /// fields blanked.
+    fn comparable<T: std::fmt::Debug>(
+        result: &Result<T, SubmissionError>,
+        records_of: impl Fn(&T) -> &EncodedRecords,
+    ) -> String {
+        let records = match result {
+            Err(error) => return format!("{error:?}"),
+            Ok(value) => records_of(value),
+        };
+        let chunks: Vec<(i32, Vec<Vec<u8>>)> = records
+            .chunks
+            .iter()
+            .map(|chunk| {
+                let mut scratch = Vec::new();
+                let tuples = staging::unstaged(&chunk.payload, &mut scratch)
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_else(|| chunk.payload.clone());
+                let tuples = copy_encoder::split_tuples(&tuples)
+                    .expect("chunks hold well-formed tuples")
+                    .into_iter()
+                    .map(|tuple| {
+                        let mut tuple = tuple.to_vec();
+                        tuple[6..22].fill(0); // the record's id
+                        if tuple[42..46] == 16i32.to_be_bytes() {
+                            tuple[46..62].fill(0); // its scan's id, made by each call
+                        }
+                        let length = tuple.len();
+                        tuple[length - 8..].fill(0); // its acceptance time
+                        tuple
+                    })
+                    .collect();
+                (chunk.record_count, tuples)
+            })
+            .collect();
+        format!(
+            "{} {} {:?} {chunks:?}",
+            records.records_total, records.records_failed, records.errors
+        )
+    }
+
+    fn scan_outline(scan: &PreparedScan) -> String {
+        format!(
+            "{:?} {:?} {:?}",
+            scan.tenant_id, scan.priority, scan.idempotency_key_opt
+        )
+    }
+
+    /// Bodies the one-pass reader takes, and bodies it must leave to the two-pass reader; for
+    /// every one, the answer is the two-pass reader's.
+    #[test]
+    fn both_readers_give_the_same_answer() {
+        let tenant = Uuid::new_v4();
+        let valid = record("hoạt động");
+        let escaped = r#"{"activity_name":"tab\there \u00e9","pdpl_category":"Category 1: Sensitive Personal Data","data_fields":["a\"b"],"purpose":null,"data_recipients":["x",[1,[2]],{"k":[]}]}"#;
+        let records_variety = [
+            valid.clone(),
+            escaped.to_string(),
+            r#"{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":[],"extra":1,"more":[[[]]]}"#.to_string(),
+            r#"{"activity_name":"x","activity_name":"y","pdpl_category":"Category 3: Public Data","data_fields":[]}"#.to_string(),
+            r#"{"activity_name":"a\u0000b","pdpl_category":"Category 3: Public Data","data_fields":[]}"#.to_string(),
+            "[[[[1]]],{}]".to_string(),
+            "\"just text\"".to_string(),
+            "null".to_string(),
+            "12.5e3".to_string(),
+            "true".to_string(),
+            r#"{"activity_name":"x","pdpl_category":"Category 9","data_fields":"no"}"#.to_string(),
+        ];
+        let many = |count: usize| vec![valid.clone(); count].join(",");
+        let scan_bodies = vec![
+            format!(r#"{{"tenant_id":"{tenant}","activities":[{}]}}"#, many(5)),
+            format!(
+                r#"{{"tenant_id":"{tenant}","priority":"high","idempotency_key":"k-1","activities":[{}]}}"#,
+                records_variety.join(",")
+            ),
+            format!(
+                r#" {{ "idempotency_key" : null , "tenant_id" : "{tenant}" , "priority" : null , "activities" : [ {} ] }} "#,
+                many(12)
+            ),
+            // Left to the two-pass reader: each of these.
+            format!(r#"{{"activities":[{}],"tenant_id":"{tenant}"}}"#, many(3)),
+            format!(r#"{{"tenant_id":"{tenant}","activities":[{}]}}"#, many(13)),
+            format!(r#"{{"tenant_id":"{tenant}","activities":[]}}"#),
+            format!(r#"{{"tenant_id":"{tenant}","activities":[1,2,{{}}]}}"#),
+            format!(r#"{{"tenant_id":"{tenant}","activities":[{valid}],"priority":"urgent"}}"#),
+            format!(r#"{{"tenant_id":"{tenant}","activities":[{valid}],"idempotency_key":""}}"#),
+            format!(r#"{{"tenant_id":"{tenant}","activities":[{valid}],"colour":"red"}}"#),
+            format!(r#"{{"tenant_id":"{tenant}","tenant_id":"{tenant}","activities":[{valid}]}}"#),
+            format!(r#"{{"tenant\u005fid":"{tenant}","activities":[{valid}]}}"#),
+            format!(r#"{{"tenant_id":"not-a-uuid","activities":[{valid}]}}"#),
+            format!(r#"{{"tenant_id":"{tenant}","activities":[{valid}]}} trailing"#),
+            format!(r#"{{"tenant_id":"{tenant}","activities":[{valid},]}}"#),
+            format!(r#"{{"tenant_id":"{tenant}","activities":[{{"activity_name":"\ud800"}}]}}"#),
+            format!(r#"{{"tenant_id":"{tenant}","activities":{valid}}}"#),
+            format!(r#"[{valid}]"#),
+        ];
+        let mut taken_in_one_pass = 0;
+        for body in &scan_bodies {
+            let scan_id = Uuid::now_v7();
+            let one_pass_opt = one_pass::read_scan(body, scan_id, LIMITS);
+            let two_passes = read_scan_in_two_passes(body, scan_id, LIMITS);
+            if let Some(one_pass) = one_pass_opt {
+                taken_in_one_pass += 1;
+                let two_passes = two_passes.as_ref().expect("the two-pass reader agrees");
+                assert_eq!(scan_outline(&one_pass), scan_outline(two_passes), "{body}");
+                assert_eq!(
+                    comparable(&Ok(one_pass), |scan| &scan.records),
+                    comparable(&Ok(two_passes), |scan: &&PreparedScan| &scan.records),
+                    "{body}"
+                );
+            }
+            let answer = prepare_scan(body.as_bytes(), LIMITS.max_records, LIMITS.chunk_records);
+            let expected = read_scan_in_two_passes(body, scan_id, LIMITS);
+            assert_eq!(
+                comparable(&answer, |scan| &scan.records),
+                comparable(&expected, |scan| &scan.records),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            taken_in_one_pass, 3,
+            "the first three bodies are the common case"
+        );
+
+        let batch_bodies = [
+            format!(r#"{{"activities":[{}]}}"#, records_variety.join(",")),
+            format!(r#"{{"activities":[{}]}}"#, many(13)),
+            format!(r#"{{"activities":[{valid}],"tenant_id":"{tenant}"}}"#),
+            r#"{"activities":[]}"#.to_string(),
+        ];
+        for (position, body) in batch_bodies.iter().enumerate() {
+            let tenant_id = TenantId(tenant);
+            let one_pass_opt = one_pass::read_batch(body, tenant_id, LIMITS);
+            assert_eq!(one_pass_opt.is_some(), position == 0, "{body}");
+            let answer = prepare_batch(body.as_bytes(), tenant_id, 12, 2);
+            let expected = read_batch_in_two_passes(body, tenant_id, LIMITS);
+            assert_eq!(
+                comparable(&answer, |records| records),
+                comparable(&expected, |records| records),
+                "{body}"
+            );
+        }
+    }
 
     fn record(name: &str) -> String {
         format!(

@@ -7,7 +7,7 @@ pub mod auth;
 pub mod record;
 pub mod scan;
 
-pub use record::{PdplCategory, ProcessingActivity};
+pub use record::{PdplCategory, ProcessingActivity, RecordSeed};
 pub use scan::{Priority, ScanStatus};
 
 use serde::Serialize;

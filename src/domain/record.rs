@@ -86,26 +86,17 @@ const KNOWN_FIELDS: [&str; 7] = [
 impl<'a> ProcessingActivity<'a> {
     /// Parses the record at `index` of a submission from its raw JSON text.
     pub fn parse(index: usize, raw: &'a RawValue) -> Result<ProcessingActivity<'a>, RecordError> {
-        let mut problem_opt = None;
         let mut deserializer = serde_json::Deserializer::from_str(raw.get());
-        let fields = RawFieldsSeed {
-            index,
-            problem: &mut problem_opt,
-        }
-        .deserialize(&mut deserializer);
-        let fields = match (fields, problem_opt) {
-            (Ok(fields), None) => fields,
-            (_, Some(problem)) => return Err(problem),
-            (Err(_), None) => {
-                return Err(RecordError::new(
-                    index,
-                    "",
-                    "record must be a JSON object".to_string(),
-                    "bản ghi phải là một đối tượng JSON".to_string(),
-                ))
-            }
-        };
+        RecordSeed { index }
+            .deserialize(&mut deserializer)
+            .unwrap_or_else(|_| Err(not_an_object(index)))
+    }
 
+    /// Applies the record rules to the fields read from the record's JSON object.
+    fn from_fields(
+        index: usize,
+        fields: RawFields<'a>,
+    ) -> Result<ProcessingActivity<'a>, RecordError> {
         let activity_name = required(index, "activity_name", fields.activity_name)?;
         let activity_name = text(
             index,
@@ -263,49 +254,157 @@ impl<'de> Visitor<'de> for FieldValueVisitor {
 
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(4));
-        while let Some(item) = seq.next_element::<FieldValue<'de>>()? {
-            items.push(match item {
-                FieldValue::Text(text) => Some(text),
-                _ => None,
-            });
+        while let Some(ListItem(text_opt)) = seq.next_element()? {
+            items.push(text_opt);
         }
         Ok(FieldValue::List(items))
     }
 }
 
-/// Walks one record object, rejecting unknown and duplicate keys with a precise error that it
-/// leaves in `problem` (serde's own error type cannot carry the bilingual form).
-struct RawFieldsSeed<'p> {
-    index: usize,
-    problem: &'p mut Option<RecordError>,
+/// An item of an array field: a string, or `None` for any other value, which is skipped
+/// without descending into it (so no nesting depth inside a record is an error).
+struct ListItem<'a>(Option<Cow<'a, str>>);
+
+impl<'de> de::Deserialize<'de> for ListItem<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ListItemVisitor)
+    }
 }
 
-impl<'de> DeserializeSeed<'de> for RawFieldsSeed<'_> {
-    type Value = RawFields<'de>;
+struct ListItemVisitor;
+
+impl<'de> Visitor<'de> for ListItemVisitor {
+    type Value = ListItem<'de>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
+        Ok(ListItem(Some(Cow::Borrowed(text))))
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+        Ok(ListItem(Some(Cow::Owned(text.to_owned()))))
+    }
+
+    fn visit_string<E>(self, text: String) -> Result<Self::Value, E> {
+        Ok(ListItem(Some(Cow::Owned(text))))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(ListItem(None))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(ListItem(None))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(ListItem(None))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(ListItem(None))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(ListItem(None))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(ListItem(None))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map
+            .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(ListItem(None))
+    }
+}
+
+/// Reads the record at `index` of a submission, whatever JSON value it is, in one pass over
+/// its text: a valid record, or the record's first problem. The value is always read to its
+/// end, so a submission's records can be read one after the other from the same
+/// deserializer; only JSON that is not well formed is a `serde` error.
+pub struct RecordSeed {
+    pub index: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for RecordSeed {
+    type Value = Result<ProcessingActivity<'de>, RecordError>;
 
     fn deserialize<D: de::Deserializer<'de>>(
         self,
         deserializer: D,
     ) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_map(self)
+        deserializer.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for RawFieldsSeed<'_> {
-    type Value = RawFields<'de>;
+fn not_an_object(index: usize) -> RecordError {
+    RecordError::new(
+        index,
+        "",
+        "record must be a JSON object".to_string(),
+        "bản ghi phải là một đối tượng JSON".to_string(),
+    )
+}
+
+impl<'de> Visitor<'de> for RecordSeed {
+    type Value = Result<ProcessingActivity<'de>, RecordError>;
 
     fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-        formatter.write_str("a processing activity object")
+        formatter.write_str("a processing activity")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Err(not_an_object(self.index)))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Err(not_an_object(self.index)))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Err(not_an_object(self.index)))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Err(not_an_object(self.index)))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Err(not_an_object(self.index)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Err(not_an_object(self.index)))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(Err(not_an_object(self.index)))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let index = self.index;
         let mut fields = RawFields::default();
         let mut seen = [false; KNOWN_FIELDS.len()];
+        let mut problem_opt = None;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if problem_opt.is_some() {
+                // The record is already invalid: read the rest of it without keeping anything.
+                map.next_value::<de::IgnoredAny>()?;
+                continue;
+            }
             let Some(position) = KNOWN_FIELDS.iter().position(|known| *known == key) else {
                 let shown = shorten(&key);
-                *self.problem = Some(RecordError::new(
-                    self.index,
+                problem_opt = Some(RecordError::new(
+                    index,
                     &shown,
                     format!(
                         "unknown field \"{shown}\"; expected one of {}",
@@ -316,17 +415,19 @@ impl<'de> Visitor<'de> for RawFieldsSeed<'_> {
                         KNOWN_FIELDS.join(", ")
                     ),
                 ));
-                return Err(de::Error::custom("unknown field"));
+                map.next_value::<de::IgnoredAny>()?;
+                continue;
             };
             if std::mem::replace(&mut seen[position], true) {
                 let name = KNOWN_FIELDS[position];
-                *self.problem = Some(RecordError::new(
-                    self.index,
+                problem_opt = Some(RecordError::new(
+                    index,
                     name,
                     format!("field \"{name}\" appears more than once"),
                     format!("trường \"{name}\" xuất hiện nhiều lần"),
                 ));
-                return Err(de::Error::custom("duplicate field"));
+                map.next_value::<de::IgnoredAny>()?;
+                continue;
             }
             let value: FieldValue<'de> = map.next_value()?;
             let value_opt = (!matches!(value, FieldValue::Null)).then_some(value);
@@ -340,7 +441,10 @@ impl<'de> Visitor<'de> for RawFieldsSeed<'_> {
                 _ => fields.data_recipients = value_opt,
             }
         }
-        Ok(fields)
+        Ok(match problem_opt {
+            Some(problem) => Err(problem),
+            None => ProcessingActivity::from_fields(index, fields),
+        })
     }
 }
 
