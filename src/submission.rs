@@ -369,20 +369,65 @@ impl ChunkSealer {
     }
 }
 
-#[cfg(test)]
-mod tests {
+/// The two readers compared on one body: for the unit tests and for the fuzz target (built
+/// with `--cfg fuzzing`), which runs them on arbitrary bytes.
+#[cfg(any(test, fuzzing))]
+pub mod reader_comparison {
     use super::*;
     use crate::store::staging;
 
-    const LIMITS: Limits = Limits {
-        max_records: 12,
-        chunk_records: 2,
-    };
+    /// Reads a scan body with both readers. Returns whether the one-pass reader took it, and
+    /// panics if it then answered differently from the two-pass reader.
+    pub fn compare_scan(body: &[u8], max_records: usize, chunk_records: usize) -> bool {
+        let Ok(text) = utf8(body) else {
+            return false;
+        };
+        let limits = Limits {
+            max_records,
+            chunk_records,
+        };
+        let scan_id = Uuid::now_v7();
+        let Some(one_pass) = one_pass::read_scan(text, scan_id, limits) else {
+            return false;
+        };
+        let two_passes = read_scan_in_two_passes(text, scan_id, limits)
+            .unwrap_or_else(|error| panic!("only the one-pass reader took {text:?}: {error:?}"));
+        assert_eq!(scan_outline(&one_pass), scan_outline(&two_passes), "{text}");
+        assert_eq!(
+            comparable(&Ok(one_pass), |scan| &scan.records),
+            comparable(&Ok(two_passes), |scan| &scan.records),
+            "{text}"
+        );
+        true
+    }
+
+    /// The same for a batch body.
+    pub fn compare_batch(body: &[u8], max_records: usize, chunk_records: usize) -> bool {
+        let Ok(text) = utf8(body) else {
+            return false;
+        };
+        let limits = Limits {
+            max_records,
+            chunk_records,
+        };
+        let tenant_id = TenantId(Uuid::nil());
+        let Some(one_pass) = one_pass::read_batch(text, tenant_id, limits) else {
+            return false;
+        };
+        let two_passes = read_batch_in_two_passes(text, tenant_id, limits)
+            .unwrap_or_else(|error| panic!("only the one-pass reader took {text:?}: {error:?}"));
+        assert_eq!(
+            comparable(&Ok(one_pass), |records| records),
+            comparable(&Ok(two_passes), |records| records),
+            "{text}"
+        );
+        true
+    }
 
     /// What a reader made of a body, without what differs from call to call (record and scan
     /// ids, acceptance times): scan fields, counts, errors, and each chunk's tuples with those
     /// fields blanked.
-    fn comparable<T: std::fmt::Debug>(
+    pub(super) fn comparable<T: std::fmt::Debug>(
         result: &Result<T, SubmissionError>,
         records_of: impl Fn(&T) -> &EncodedRecords,
     ) -> String {
@@ -427,6 +472,17 @@ mod tests {
             scan.tenant_id, scan.priority, scan.idempotency_key_opt
         )
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reader_comparison::{comparable, compare_batch, compare_scan};
+
+    const LIMITS: Limits = Limits {
+        max_records: 12,
+        chunk_records: 2,
+    };
 
     /// Bodies the one-pass reader takes, and bodies it must leave to the two-pass reader; for
     /// every one, the answer is the two-pass reader's.
@@ -478,21 +534,11 @@ mod tests {
         ];
         let mut taken_in_one_pass = 0;
         for body in &scan_bodies {
-            let scan_id = Uuid::now_v7();
-            let one_pass_opt = one_pass::read_scan(body, scan_id, LIMITS);
-            let two_passes = read_scan_in_two_passes(body, scan_id, LIMITS);
-            if let Some(one_pass) = one_pass_opt {
+            if compare_scan(body.as_bytes(), LIMITS.max_records, LIMITS.chunk_records) {
                 taken_in_one_pass += 1;
-                let two_passes = two_passes.as_ref().expect("the two-pass reader agrees");
-                assert_eq!(scan_outline(&one_pass), scan_outline(two_passes), "{body}");
-                assert_eq!(
-                    comparable(&Ok(one_pass), |scan| &scan.records),
-                    comparable(&Ok(two_passes), |scan: &&PreparedScan| &scan.records),
-                    "{body}"
-                );
             }
             let answer = prepare_scan(body.as_bytes(), LIMITS.max_records, LIMITS.chunk_records);
-            let expected = read_scan_in_two_passes(body, scan_id, LIMITS);
+            let expected = read_scan_in_two_passes(body, Uuid::now_v7(), LIMITS);
             assert_eq!(
                 comparable(&answer, |scan| &scan.records),
                 comparable(&expected, |scan| &scan.records),
@@ -511,9 +557,9 @@ mod tests {
             r#"{"activities":[]}"#.to_string(),
         ];
         for (position, body) in batch_bodies.iter().enumerate() {
-            let tenant_id = TenantId(tenant);
-            let one_pass_opt = one_pass::read_batch(body, tenant_id, LIMITS);
-            assert_eq!(one_pass_opt.is_some(), position == 0, "{body}");
+            let taken = compare_batch(body.as_bytes(), 12, 2);
+            assert_eq!(taken, position == 0, "{body}");
+            let tenant_id = TenantId(Uuid::nil());
             let answer = prepare_batch(body.as_bytes(), tenant_id, 12, 2);
             let expected = read_batch_in_two_passes(body, tenant_id, LIMITS);
             assert_eq!(
