@@ -379,71 +379,84 @@ pub mod reader_comparison {
     /// Reads a scan body with both readers. Returns whether the one-pass reader took it, and
     /// panics if it then answered differently from the two-pass reader.
     pub fn compare_scan(body: &[u8], max_records: usize, chunk_records: usize) -> bool {
-        let Ok(text) = utf8(body) else {
-            return false;
-        };
-        let limits = Limits {
-            max_records,
-            chunk_records,
-        };
         let scan_id = Uuid::now_v7();
-        let Some(one_pass) = one_pass::read_scan(text, scan_id, limits) else {
-            return false;
-        };
-        let two_passes = read_scan_in_two_passes(text, scan_id, limits)
-            .unwrap_or_else(|error| panic!("only the one-pass reader took {text:?}: {error:?}"));
-        assert_eq!(scan_outline(&one_pass), scan_outline(&two_passes), "{text}");
-        assert_eq!(
-            comparable(&Ok(one_pass), |scan| &scan.records),
-            comparable(&Ok(two_passes), |scan| &scan.records),
-            "{text}"
-        );
-        true
+        compare(
+            body,
+            Limits {
+                max_records,
+                chunk_records,
+            },
+            |text, limits| one_pass::read_scan(text, scan_id, limits),
+            |text, limits| read_scan_in_two_passes(text, scan_id, limits),
+            |scan| {
+                let records = records_outline(&scan.records, true);
+                format!("{} {records}", scan_outline(scan))
+            },
+        )
     }
 
     /// The same for a batch body.
     pub fn compare_batch(body: &[u8], max_records: usize, chunk_records: usize) -> bool {
+        let tenant_id = TenantId(Uuid::nil());
+        compare(
+            body,
+            Limits {
+                max_records,
+                chunk_records,
+            },
+            |text, limits| one_pass::read_batch(text, tenant_id, limits),
+            |text, limits| read_batch_in_two_passes(text, tenant_id, limits),
+            |records| records_outline(records, false),
+        )
+    }
+
+    fn compare<T: std::fmt::Debug>(
+        body: &[u8],
+        limits: Limits,
+        one_pass: impl Fn(&str, Limits) -> Option<T>,
+        two_passes: impl Fn(&str, Limits) -> Result<T, SubmissionError>,
+        outline: impl Fn(&T) -> String,
+    ) -> bool {
         let Ok(text) = utf8(body) else {
             return false;
         };
-        let limits = Limits {
-            max_records,
-            chunk_records,
-        };
-        let tenant_id = TenantId(Uuid::nil());
-        let Some(one_pass) = one_pass::read_batch(text, tenant_id, limits) else {
+        let Some(taken) = one_pass(text, limits) else {
             return false;
         };
-        let two_passes = read_batch_in_two_passes(text, tenant_id, limits)
+        let expected = two_passes(text, limits)
             .unwrap_or_else(|error| panic!("only the one-pass reader took {text:?}: {error:?}"));
-        assert_eq!(
-            comparable(&Ok(one_pass), |records| records),
-            comparable(&Ok(two_passes), |records| records),
-            "{text}"
-        );
+        assert_eq!(outline(&taken), outline(&expected), "{text}");
         true
     }
 
-    /// What a reader made of a body, without what differs from call to call (record and scan
-    /// ids, acceptance times): scan fields, counts, errors, and each chunk's tuples with those
-    /// fields blanked.
+    /// What a reader made of a body: the error, or the records as [`records_outline`] shows
+    /// them (`staged`: a scan's, whose chunks are compressed).
     pub(super) fn comparable<T: std::fmt::Debug>(
         result: &Result<T, SubmissionError>,
         records_of: impl Fn(&T) -> &EncodedRecords,
+        staged: bool,
     ) -> String {
-        let records = match result {
-            Err(error) => return format!("{error:?}"),
-            Ok(value) => records_of(value),
-        };
+        match result {
+            Err(error) => format!("{error:?}"),
+            Ok(value) => records_outline(records_of(value), staged),
+        }
+    }
+
+    /// Encoded records without what differs from call to call (record and scan ids, acceptance
+    /// times): counts, errors, and each chunk's tuples with those fields blanked.
+    fn records_outline(records: &EncodedRecords, staged: bool) -> String {
         let chunks: Vec<(i32, Vec<Vec<u8>>)> = records
             .chunks
             .iter()
             .map(|chunk| {
                 let mut scratch = Vec::new();
-                let tuples = staging::unstaged(&chunk.payload, &mut scratch)
-                    .map(<[u8]>::to_vec)
-                    .unwrap_or_else(|| chunk.payload.clone());
-                let tuples = copy_encoder::split_tuples(&tuples)
+                let tuples = if staged {
+                    staging::unstaged(&chunk.payload, &mut scratch)
+                        .expect("a scan's chunks are compressed for staging")
+                } else {
+                    &chunk.payload[..]
+                };
+                let tuples = copy_encoder::split_tuples(tuples)
                     .expect("chunks hold well-formed tuples")
                     .into_iter()
                     .map(|tuple| {
@@ -540,8 +553,8 @@ mod tests {
             let answer = prepare_scan(body.as_bytes(), LIMITS.max_records, LIMITS.chunk_records);
             let expected = read_scan_in_two_passes(body, Uuid::now_v7(), LIMITS);
             assert_eq!(
-                comparable(&answer, |scan| &scan.records),
-                comparable(&expected, |scan| &scan.records),
+                comparable(&answer, |scan| &scan.records, true),
+                comparable(&expected, |scan| &scan.records, true),
                 "{body}"
             );
         }
@@ -563,8 +576,8 @@ mod tests {
             let answer = prepare_batch(body.as_bytes(), tenant_id, 12, 2);
             let expected = read_batch_in_two_passes(body, tenant_id, LIMITS);
             assert_eq!(
-                comparable(&answer, |records| records),
-                comparable(&expected, |records| records),
+                comparable(&answer, |records| records, false),
+                comparable(&expected, |records| records, false),
                 "{body}"
             );
         }
