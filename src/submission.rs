@@ -429,22 +429,9 @@ pub mod reader_comparison {
         true
     }
 
-    /// What a reader made of a body: the error, or the records as [`records_outline`] shows
-    /// them (`staged`: a scan's, whose chunks are compressed).
-    pub(super) fn comparable<T: std::fmt::Debug>(
-        result: &Result<T, SubmissionError>,
-        records_of: impl Fn(&T) -> &EncodedRecords,
-        staged: bool,
-    ) -> String {
-        match result {
-            Err(error) => format!("{error:?}"),
-            Ok(value) => records_outline(records_of(value), staged),
-        }
-    }
-
     /// Encoded records without what differs from call to call (record and scan ids, acceptance
     /// times): counts, errors, and each chunk's tuples with those fields blanked.
-    fn records_outline(records: &EncodedRecords, staged: bool) -> String {
+    pub(super) fn records_outline(records: &EncodedRecords, staged: bool) -> String {
         let chunks: Vec<(i32, Vec<Vec<u8>>)> = records
             .chunks
             .iter()
@@ -490,12 +477,25 @@ pub mod reader_comparison {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reader_comparison::{comparable, compare_batch, compare_scan};
+    use reader_comparison::{compare_batch, compare_scan};
 
     const LIMITS: Limits = Limits {
         max_records: 12,
         chunk_records: 2,
     };
+
+    /// What a reader made of a body: the error, or the records as [`records_outline`](reader_comparison::records_outline) shows
+    /// them (`staged`: a scan's, whose chunks are compressed).
+    fn comparable<T: std::fmt::Debug>(
+        result: &Result<T, SubmissionError>,
+        records_of: impl Fn(&T) -> &EncodedRecords,
+        staged: bool,
+    ) -> String {
+        match result {
+            Err(error) => format!("{error:?}"),
+            Ok(value) => reader_comparison::records_outline(records_of(value), staged),
+        }
+    }
 
     /// Bodies the one-pass reader takes, and bodies it must leave to the two-pass reader; for
     /// every one, the answer is the two-pass reader's.
