@@ -27,6 +27,7 @@ pub const SUBMISSIONS_REJECTED: &str = "ingest_submissions_rejected_total";
 pub const WRITER_RESTARTS: &str = "ingest_writer_restarts_total";
 pub const WRITE_RETRIES: &str = "ingest_write_retries_total";
 pub const DEAD_LETTERS: &str = "ingest_dead_letters_total";
+pub const CHUNKS_REFUSED: &str = "ingest_chunks_refused_total";
 pub const POOL_CONNECTIONS: &str = "ingest_pool_connections";
 pub const POOL_UTILIZATION: &str = "ingest_pool_utilization_ratio";
 pub const POSTGRES_CACHE_HIT_RATIO: &str = "ingest_postgres_cache_hit_ratio";
@@ -215,6 +216,12 @@ fn describe() {
         Unit::Count,
         "Records moved to the dead-letter store."
     );
+    describe_counter!(
+        CHUNKS_REFUSED,
+        Unit::Count,
+        "Attempts at a staged chunk that failed with a permanent error no record was isolated \
+         for (the chunk stays staged and is offered again at the next sweep)."
+    );
     describe_gauge!(
         POOL_CONNECTIONS,
         Unit::Count,
@@ -246,6 +253,7 @@ fn register_zeroes() {
         WRITER_RESTARTS,
         WRITE_RETRIES,
         DEAD_LETTERS,
+        CHUNKS_REFUSED,
     ] {
         metrics::counter!(name).increment(0);
     }

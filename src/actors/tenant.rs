@@ -296,6 +296,7 @@ impl TenantActor {
             }
             (Work::Staged { chunk, .. }, Err(error)) => {
                 self.known_chunks.remove(&chunk.chunk_id);
+                metrics::counter!(crate::metrics::CHUNKS_REFUSED).increment(1);
                 tracing::error!(tenant_id = %self.tenant_id, chunk_id = chunk.chunk_id, %error, "chunk could not be written; it stays staged");
             }
         }

@@ -266,3 +266,74 @@ async fn a_failing_statement_before_commit_rolls_the_whole_chunk_back() {
         assert_activity_counts_are_exact(&admin).await;
     }
 }
+
+/// A permanent error that no record causes (here a trigger refusing the tenant's scan update)
+/// leaves the whole chunk staged; each attempt is counted in `ingest_chunks_refused_total`, the
+/// sweep offers the chunk again, and once the cause is gone it is written exactly once.
+#[tokio::test]
+async fn a_chunk_refused_by_its_scan_update_stays_staged_and_is_counted_until_it_can_be_written() {
+    let app = spawn_app().await;
+    let admin = app.db().await;
+    let tenant = Uuid::new_v4();
+    admin
+        .batch_execute(&format!(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$; \
+             CREATE TRIGGER refuse BEFORE UPDATE ON scans FOR EACH ROW \
+                 WHEN (NEW.tenant_id = '{tenant}') EXECUTE FUNCTION refuse()"
+        ))
+        .await
+        .unwrap();
+    // The recorder is shared by every test in this process: count from here.
+    let refused_before = chunks_refused(&app).await;
+    let response = app.post_scan(tenant, activities(300)).await;
+    assert_eq!(response.status(), 202);
+    let scan_id = response.json::<Value>().await.unwrap()["scan_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Two refusals: the first attempt and at least one offer by the sweep (every second here).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let refusals = chunks_refused(&app).await - refused_before;
+        if refusals >= 2.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{refusals} refusals after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let staged: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM staged_chunks WHERE tenant_id = $1",
+            &[&tenant],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(staged, 1, "the chunk stays staged");
+    assert_eq!(activities_in(&admin, tenant).await, 0);
+
+    admin
+        .batch_execute("DROP TRIGGER refuse ON scans; DROP FUNCTION refuse()")
+        .await
+        .unwrap();
+    let scan = app
+        .wait_for_scan(tenant, &scan_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(scan["status"], "completed", "{scan}");
+    assert_eq!(scan["records_processed"], 300, "{scan}");
+    assert_eq!(activities_in(&admin, tenant).await, 300);
+    assert_activity_counts_are_exact(&admin).await;
+}
+
+/// `ingest_chunks_refused_total` as the engine exports it.
+async fn chunks_refused(app: &TestApp) -> f64 {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("ingest_chunks_refused_total "))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
