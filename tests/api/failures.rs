@@ -11,7 +11,8 @@ use ingest_engine::store::connections;
 use ingest_engine::store::embedded::{ClusterOptions, EmbeddedCluster};
 
 use crate::helpers::{
-    activities, assert_error, repository_path, scratch_directory, spawn_app, spawn_app_on,
+    accepted_scan_id, activities, assert_error, repository_path, scratch_directory, spawn_app,
+    spawn_app_on,
 };
 
 const COMPLETION: Duration = Duration::from_secs(120);
@@ -223,13 +224,7 @@ async fn every_scan_completes_exactly_across(outage: Outage) {
     let mut scan_ids = Vec::new();
     for tenant in &tenants {
         let response = app.post_scan(*tenant, activities(20_000)).await;
-        assert_eq!(response.status(), 202);
-        scan_ids.push(
-            response.json::<Value>().await.unwrap()["scan_id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        scan_ids.push(accepted_scan_id(response).await);
     }
     // Wait for writing to be under way, then restart PostgreSQL under the writers.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -245,11 +240,7 @@ async fn every_scan_completes_exactly_across(outage: Outage) {
     if outage == Outage::Crash {
         let tenant = Uuid::new_v4();
         let response = app.post_scan(tenant, activities(1_000)).await;
-        assert_eq!(response.status(), 202);
-        let scan_id = response.json::<Value>().await.unwrap()["scan_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let scan_id = accepted_scan_id(response).await;
         let scan = app.wait_for_scan(tenant, &scan_id, COMPLETION).await;
         assert_eq!(scan["status"], "completed", "{scan}");
         let postmaster_pid = std::fs::read_to_string(options.data_dir.join("postmaster.pid"))

@@ -383,6 +383,15 @@ impl Drop for TestApp {
     }
 }
 
+/// The `scan_id` of a scan submission's answer, which must be a 202.
+pub async fn accepted_scan_id(response: reqwest::Response) -> String {
+    assert_eq!(response.status(), 202);
+    response.json::<Value>().await.expect("a 202 is JSON")["scan_id"]
+        .as_str()
+        .expect("a 202 names its scan")
+        .to_string()
+}
+
 /// A valid record with Vietnamese text.
 pub fn activity(index: usize) -> Value {
     json!({

@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::BOOTSTRAP_ADMIN_TOKEN;
+use crate::helpers::{accepted_scan_id, BOOTSTRAP_ADMIN_TOKEN};
 use crate::helpers::{
     activities, assert_activity_counts_are_exact, http_client, repository_path, scratch_directory,
     spawn_app_on, test_server, url_of,
@@ -209,11 +209,7 @@ async fn sigterm_stops_cleanly_and_staged_work_resumes() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 202);
-    let scan_id = response.json::<Value>().await.unwrap()["scan_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let scan_id = accepted_scan_id(response).await;
     engine.signal(Signal::SIGTERM);
     let status = tokio::task::block_in_place(|| engine.wait(Duration::from_secs(60)));
     assert!(status.success(), "{status}");

@@ -3,11 +3,11 @@ use std::time::Duration;
 use ingest_engine::domain::TenantId;
 use ingest_engine::store::chunk_writes::{ChunkSource, WriteConnection};
 use ingest_engine::submission;
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::helpers::{
-    activities, activities_in, assert_activity_counts_are_exact, spawn_app, spawn_app_on, TestApp,
+    accepted_scan_id, activities, activities_in, assert_activity_counts_are_exact, spawn_app,
+    spawn_app_on, TestApp,
 };
 
 /// A new tenant, paused: its scans are accepted and staged but not written.
@@ -34,13 +34,7 @@ async fn staged_work_left_by_a_stopped_instance_is_completed_by_the_next() {
     let mut scan_ids = Vec::new();
     for _ in 0..3 {
         let response = first.post_scan(tenant, activities(2_345)).await;
-        assert_eq!(response.status(), 202);
-        scan_ids.push(
-            response.json::<Value>().await.unwrap()["scan_id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        scan_ids.push(accepted_scan_id(response).await);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(first.activities_of(tenant).await, 0);
@@ -95,12 +89,7 @@ async fn two_instances_on_one_database_apply_each_chunk_once() {
     let mut scan_ids = Vec::new();
     for app in [&first, &second, &first, &second] {
         let response = app.post_scan(tenant, activities(3_000)).await;
-        scan_ids.push(
-            response.json::<Value>().await.unwrap()["scan_id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        scan_ids.push(accepted_scan_id(response).await);
     }
     for scan_id in &scan_ids {
         let scan = first
@@ -125,12 +114,7 @@ async fn only_the_chunk_that_finishes_a_scan_waits_for_its_commit_to_be_flushed(
     let app = spawn_app().await;
     let tenant = paused_tenant(&app).await;
     let response = app.post_scan(tenant, activities(2_345)).await;
-    assert_eq!(response.status(), 202);
-    let scan_id: Uuid = response.json::<Value>().await.unwrap()["scan_id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let scan_id: Uuid = accepted_scan_id(response).await.parse().unwrap();
     let database = app.database.clone();
     app.stop().await;
 
@@ -287,11 +271,7 @@ async fn a_chunk_refused_by_its_scan_update_stays_staged_and_is_counted_until_it
     // The recorder is shared by every test in this process: count from here.
     let refused_before = chunks_refused(&app).await;
     let response = app.post_scan(tenant, activities(300)).await;
-    assert_eq!(response.status(), 202);
-    let scan_id = response.json::<Value>().await.unwrap()["scan_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let scan_id = accepted_scan_id(response).await;
 
     // Two refusals: the first attempt and at least one offer by the sweep (every second here).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

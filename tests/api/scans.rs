@@ -3,7 +3,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{activities, activity, assert_error, spawn_app};
+use crate::helpers::{accepted_scan_id, activities, activity, assert_error, spawn_app};
 
 const COMPLETION: Duration = Duration::from_secs(60);
 
@@ -57,11 +57,7 @@ async fn text_is_stored_verbatim() {
         "data_recipients": []
     });
     let response = app.post_scan(tenant, vec![record]).await;
-    assert_eq!(response.status(), 202);
-    let scan_id = response.json::<Value>().await.unwrap()["scan_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let scan_id = accepted_scan_id(response).await;
     app.wait_for_scan(tenant, &scan_id, COMPLETION).await;
     let row = app
         .db()
@@ -98,11 +94,7 @@ async fn a_hundred_tenants_submitting_at_once_all_complete_exactly() {
         let (app, records) = (&app, records.clone());
         async move {
             let response = app.post_scan(*tenant, records).await;
-            assert_eq!(response.status(), 202);
-            response.json::<Value>().await.unwrap()["scan_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
+            accepted_scan_id(response).await
         }
     });
     let scan_ids = futures_util::future::join_all(submissions).await;
