@@ -28,6 +28,8 @@ pub const WRITER_RESTARTS: &str = "ingest_writer_restarts_total";
 pub const WRITE_RETRIES: &str = "ingest_write_retries_total";
 pub const DEAD_LETTERS: &str = "ingest_dead_letters_total";
 pub const CHUNKS_REFUSED: &str = "ingest_chunks_refused_total";
+pub const REQUEST_DATABASE_ERRORS: &str = "ingest_request_database_errors_total";
+pub const HTTP_PROTOCOL_ERRORS: &str = "ingest_http_protocol_errors_total";
 pub const POOL_CONNECTIONS: &str = "ingest_pool_connections";
 pub const POOL_UTILIZATION: &str = "ingest_pool_utilization_ratio";
 pub const POSTGRES_CACHE_HIT_RATIO: &str = "ingest_postgres_cache_hit_ratio";
@@ -204,7 +206,8 @@ fn describe() {
     describe_counter!(
         WRITER_RESTARTS,
         Unit::Count,
-        "Writer actors restarted by their supervisor."
+        "Writer reconnect attempts after a lost connection (backing off while the database is \
+         unreachable), and writer restarts by their supervisor."
     );
     describe_counter!(
         WRITE_RETRIES,
@@ -221,6 +224,18 @@ fn describe() {
         Unit::Count,
         "Attempts at a staged chunk that failed with a permanent error no record was isolated \
          for (the chunk stays staged and is offered again at the next sweep)."
+    );
+    describe_counter!(
+        REQUEST_DATABASE_ERRORS,
+        Unit::Count,
+        "Requests the database failed, by class: retryable (503 with Retry-After), data \
+         (SQLSTATE class 22, 422), integrity (class 23, 409) or other (503, not retryable)."
+    );
+    describe_counter!(
+        HTTP_PROTOCOL_ERRORS,
+        Unit::Count,
+        "Requests refused before routing for breaking HTTP/1.1 (400), an over-long URI (414) \
+         or too many or too large headers (431), by status."
     );
     describe_gauge!(
         POOL_CONNECTIONS,
@@ -265,6 +280,12 @@ fn register_zeroes() {
     }
     for status in ["completed", "completed_with_errors", "failed"] {
         metrics::counter!(SCANS_FINISHED, "status" => status).increment(0);
+    }
+    for class in ["retryable", "data", "integrity", "other"] {
+        metrics::counter!(REQUEST_DATABASE_ERRORS, "class" => class).increment(0);
+    }
+    for status in ["400", "414", "431"] {
+        metrics::counter!(HTTP_PROTOCOL_ERRORS, "status" => status).increment(0);
     }
     for reason in [
         "tenant_backlog_full",

@@ -75,11 +75,17 @@ impl Application {
                 .map(crate::domain::auth::hash_secret),
         });
         let (stop_server, stopped) = oneshot::channel::<()>();
-        let (address, server) = warp::serve(http::routes(state.clone()))
-            .try_bind_with_graceful_shutdown((host, settings.http.port), async move {
-                let _ = stopped.await;
-            })
+        let listener = http::listener::bind(SocketAddr::new(host, settings.http.port))
+            .await
             .with_context(|| format!("binding {host}:{}", settings.http.port))?;
+        let address = listener.local_addr()?;
+        let server = warp::serve(http::routes(state.clone()))
+            .serve_incoming_with_graceful_shutdown(
+                http::listener::accepted(listener),
+                async move {
+                    let _ = stopped.await;
+                },
+            );
         tracing::info!(%address, "http listening");
         Ok(Application {
             address,

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::domain::client_text;
 use crate::domain::{Priority, ProcessingActivity, RecordError, TenantId, MAX_REPORTED_ERRORS};
 use crate::store::copy_encoder::{self, RecordPlacement};
 use crate::store::staging::EncodedChunk;
@@ -207,9 +208,17 @@ fn utf8(body: &[u8]) -> Result<&str, SubmissionError> {
     })
 }
 
+/// The parser's complaint, which may quote the body, made safe to echo.
+fn malformed(error: &serde_json::Error) -> SubmissionError {
+    SubmissionError::Malformed(client_text::shown(
+        &error.to_string(),
+        client_text::MESSAGE_MAX_CHARS,
+    ))
+}
+
 /// Parses the body's envelope, borrowing each record as raw JSON text (the two-pass reader).
 fn parse_envelope<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, SubmissionError> {
-    serde_json::from_str(text).map_err(|error| SubmissionError::Malformed(error.to_string()))
+    serde_json::from_str(text).map_err(|error| malformed(&error))
 }
 
 /// Encodes records borrowed as raw JSON (the two-pass reader).
@@ -365,6 +374,62 @@ impl ChunkSealer {
                 record_count,
                 payload: std::mem::take(tuples),
             },
+        }
+    }
+}
+
+/// The messages of a body's answer checked, for the unit tests and for the fuzz target (built
+/// with `--cfg fuzzing`): none may hold a character PostgreSQL refuses or that hides itself,
+/// and none may be long, whatever the client sent.
+#[cfg(any(test, fuzzing))]
+pub mod message_check {
+    use super::*;
+
+    /// Longest message, in characters, an answer may hold.
+    pub const MESSAGE_MAX_CHARS: usize = 1_000;
+
+    /// Reads `body` as a scan and as a batch; returns the first message of either answer that
+    /// is unsafe to store or echo.
+    pub fn first_unsafe_message(
+        body: &[u8],
+        max_records: usize,
+        chunk_records: usize,
+    ) -> Option<String> {
+        let results = [
+            prepare_scan(body, max_records, chunk_records).map(|scan| scan.records),
+            prepare_batch(body, TenantId(Uuid::nil()), max_records, chunk_records),
+        ];
+        results
+            .into_iter()
+            .flat_map(|result| messages(&result))
+            .find(|text| {
+                client_text::holds_hidden_characters(text)
+                    || text.chars().count() > MESSAGE_MAX_CHARS
+            })
+    }
+
+    fn messages(result: &Result<EncodedRecords, SubmissionError>) -> Vec<String> {
+        let record_messages = |errors: &[RecordError]| -> Vec<String> {
+            errors
+                .iter()
+                .flat_map(|error| {
+                    [
+                        error.field.clone(),
+                        error.error.clone(),
+                        error.error_vi.clone(),
+                    ]
+                })
+                .collect()
+        };
+        match result {
+            Ok(records) => record_messages(&records.errors),
+            Err(SubmissionError::NothingValid { errors, .. }) => record_messages(errors),
+            Err(SubmissionError::InvalidField {
+                message,
+                message_vi,
+                ..
+            }) => vec![message.clone(), message_vi.clone()],
+            Err(other) => vec![other.to_string()],
         }
     }
 }
@@ -664,5 +729,54 @@ mod tests {
             prepare_scan(raw_nul.as_bytes(), 3, 10),
             Err(SubmissionError::Malformed(_))
         ));
+    }
+
+    /// Every message a submission can produce, in whatever way it fails, with client text that
+    /// PostgreSQL refuses or that hides itself: no message holds such a character raw, and
+    /// none is long, so each can be stored in a scan's error list (jsonb) and echoed.
+    #[test]
+    fn every_error_message_is_safe_whatever_the_client_sent() {
+        let tenant = Uuid::new_v4();
+        let huge = "x".repeat(1 << 20);
+        let hostile_texts = [
+            r"a\u0000b",
+            r"a\ud800b",
+            r"\u202eabc\u200b\u2066",
+            r"\u0007\u001b[31m\u0085",
+            huge.as_str(),
+        ];
+        let valid = record("hợp lệ");
+        let mut bodies = Vec::new();
+        for text in hostile_texts {
+            let with_key = |key: &str| {
+                format!(
+                    r#"{{"activity_name":"a","pdpl_category":"Category 3: Public Data","data_fields":[],"{key}":1}}"#
+                )
+            };
+            bodies.extend([
+                // An unknown record field, among valid records.
+                format!(r#"{{"tenant_id":"{tenant}","activities":[{valid},{}]}}"#, with_key(text)),
+                // Nothing valid: the error list is the whole answer.
+                format!(r#"{{"tenant_id":"{tenant}","activities":[{}]}}"#, with_key(text)),
+                // A record value the parser refuses, or the rules do.
+                format!(r#"{{"tenant_id":"{tenant}","activities":[{valid},{{"activity_name":"{text}","pdpl_category":"{text}","data_fields":["{text}"]}}]}}"#),
+                // serde's own complaints quote the body.
+                format!(r#"{{"tenant_id":"{tenant}","activities":"{text}"}}"#),
+                format!(r#"{{"tenant_id":"{tenant}","activities":[{valid}],"{text}":1}}"#),
+                format!(r#"{{"tenant_id":"{text}","activities":[{valid}]}}"#),
+                format!(r#"{{"tenant_id":"{tenant}","activities":[{valid}],"priority":"{text}","idempotency_key":"{text}"}}"#),
+                format!(r#"{{"tenant_id":"{tenant}","activities":[{valid}]}} "{text}""#),
+            ]);
+        }
+        for body in &bodies {
+            let batch_body = body.replacen(&format!(r#""tenant_id":"{tenant}","#), "", 1);
+            for body in [body, &batch_body] {
+                if let Some(message) = message_check::first_unsafe_message(body.as_bytes(), 12, 2) {
+                    let shown_body: String = body.chars().take(120).collect();
+                    let shown_message: String = message.chars().take(300).collect();
+                    panic!("{shown_message:?} from {shown_body}");
+                }
+            }
+        }
     }
 }

@@ -36,14 +36,14 @@ pub struct BatchChunk {
 }
 
 /// Why a batch chunk was not written. Nothing of it was committed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum BatchChunkError {
     #[error("the engine is shutting down")]
     ShuttingDown,
     #[error("the tenant's throttle would hold the batch longer than allowed")]
     Throttled { retry_after_secs: u64 },
     #[error("the database kept failing: {0}")]
-    Database(String),
+    Database(StoreError),
 }
 
 /// HTTP → supervisor → tenant actor: write these batch chunks and answer each waiter.

@@ -4,6 +4,7 @@
 //! the runtime that serves HTTP (and of the runtime a test runs on). HTTP handlers talk to them
 //! only through [`Engine`], whose addresses are `Send`.
 
+pub mod backoff;
 pub mod board;
 pub mod messages;
 pub mod supervisor;
@@ -21,7 +22,7 @@ use self::board::TenantBoard;
 use self::messages::{BatchSubmitted, ChunksStaged, Drain, LimitsChanged};
 use self::supervisor::{EngineState, GetEngineState, Supervisor};
 use self::tenant::TenantActorSettings;
-use self::writer::WriterPool;
+use self::writer::{ReconnectPolicy, WriterPool};
 use crate::config::Settings;
 use crate::store::connections::build_pool;
 use crate::store::staging::TenantDefaults;
@@ -63,6 +64,10 @@ impl Engine {
                         settings.writers.count,
                         &database,
                         Duration::from_secs(settings.tenants.priority_aging_secs),
+                        ReconnectPolicy {
+                            base: Duration::from_millis(settings.writers.retry_base_ms),
+                            cap: Duration::from_millis(settings.writers.retry_cap_ms),
+                        },
                     );
                     let supervisor = Supervisor::new(
                         control_pool,

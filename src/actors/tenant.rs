@@ -20,9 +20,9 @@ use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use rand::Rng;
 use tokio::sync::oneshot;
 
+use super::backoff::backoff;
 use super::board::TenantBoard;
 use super::messages::{
     BatchChunk, BatchChunkError, BatchSubmitted, ChunksStaged, Drain, LimitsChanged, WriteChunk,
@@ -275,9 +275,7 @@ impl TenantActor {
                 );
             }
             (Work::Batch { chunk, .. }, Err(error)) => {
-                let _ = chunk
-                    .done
-                    .send(Err(BatchChunkError::Database(error.to_string())));
+                let _ = chunk.done.send(Err(BatchChunkError::Database(error)));
             }
             (Work::Staged { chunk, attempts }, Err(error)) if error.is_retryable() => {
                 if self.draining {
@@ -365,13 +363,6 @@ fn chunk_records(source: &ChunkSource) -> i64 {
     }
 }
 
-/// Exponential backoff with full jitter in its upper half: `base * 2^attempt`, capped.
-pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
-    let exponential = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
-    let jitter = rand::thread_rng().gen_range(0.5..=1.0);
-    exponential.mul_f64(jitter)
-}
-
 impl Actor for TenantActor {
     type Context = Context<Self>;
 
@@ -443,18 +434,20 @@ impl Handler<BatchSubmitted> for TenantActor {
             .map(|chunk| chunk_records(&chunk.source))
             .sum();
         let wait = self.estimated_wait(batch_records);
-        let refusal_opt = if self.draining {
-            Some(BatchChunkError::ShuttingDown)
-        } else if wait > self.settings.batch_max_wait {
-            Some(BatchChunkError::Throttled {
-                retry_after_secs: wait.as_secs().max(1),
-            })
-        } else {
-            None
+        let draining = self.draining;
+        let throttled = wait > self.settings.batch_max_wait;
+        let refusal = || {
+            if draining {
+                BatchChunkError::ShuttingDown
+            } else {
+                BatchChunkError::Throttled {
+                    retry_after_secs: wait.as_secs().max(1),
+                }
+            }
         };
         for chunk in message.chunks {
-            if let Some(refusal) = &refusal_opt {
-                let _ = chunk.done.send(Err(refusal.clone()));
+            if draining || throttled {
+                let _ = chunk.done.send(Err(refusal()));
             } else {
                 self.enqueue(Work::Batch { chunk, attempts: 0 });
             }
@@ -495,24 +488,5 @@ impl Handler<Drain> for TenantActor {
         Box::pin(async move {
             let _ = receiver.await;
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let base = Duration::from_millis(100);
-        let cap = Duration::from_secs(2);
-        for attempt in 0..20 {
-            let delay = backoff(base, cap, attempt);
-            let ceiling = base.saturating_mul(1 << attempt.min(16)).min(cap);
-            assert!(
-                delay <= ceiling && delay >= ceiling / 2,
-                "{attempt}: {delay:?}"
-            );
-        }
     }
 }

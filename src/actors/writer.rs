@@ -4,11 +4,16 @@
 //! Input: [`WriteChunk`] from tenant actors. Output: the chunk's [`ChunkOutcome`] once its
 //! transaction committed, or the [`StoreError`] that stopped it.
 //!
-//! Failure model: a writer never retries by itself; it reports the error to the tenant actor,
-//! which owns the retry policy. When its connection is broken, the writer stops, and its
-//! `actix::Supervisor` restarts it at once with the same mailbox; the restarted writer connects
-//! lazily on its next chunk, so a database outage costs no busy reconnect loop. Restarts are
-//! counted in [`WriterPool::restarts`].
+//! Failure model: a writer never retries a chunk by itself; it reports the error to the tenant
+//! actor, which owns the retry policy. When its connection is broken, the writer drops it and
+//! reconnects for its next chunk: at once the first time, then, while connecting keeps
+//! failing, only after an exponential backoff (`writers.retry_base_ms` doubling up to
+//! `writers.retry_cap_ms`, jittered), during which a chunk handed to it waits. So an outage of
+//! T seconds costs each writer about log2(T / base) connection attempts, however many chunks
+//! are retried meanwhile. Each reconnect attempt is counted in [`WriterPool::restarts`] and
+//! `ingest_writer_restarts_total`, and logged at most once every
+//! [`RECONNECT_LOG_INTERVAL`] per writer. A panic while writing becomes a retryable error and
+//! drops the connection; the writer's `actix::Supervisor` restarts it should it ever stop.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -23,6 +28,7 @@ use futures_util::FutureExt;
 use tokio::sync::oneshot;
 use tokio_postgres::Config;
 
+use super::backoff::backoff;
 use super::messages::WriteChunk;
 use crate::domain::Priority;
 use crate::store::chunk_writes::{ChunkOutcome, WriteConnection};
@@ -32,12 +38,38 @@ use crate::store::StoreError;
 /// writer one chunk at a time. The capacity only leaves room for supervision messages.
 pub const WRITER_MAILBOX_CAPACITY: usize = 4;
 
+/// A writer that keeps failing to reconnect logs it at most this often.
+pub const RECONNECT_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
 pub struct Writer {
     index: usize,
     database: Config,
-    /// `None` until the first chunk, and after a restart.
+    /// `None` until the first chunk, and after the connection broke.
     connection_opt: Option<WriteConnection>,
     counters: Arc<WriterCounters>,
+    reconnect: ReconnectPolicy,
+    /// Whether this writer ever had a connection: every later connect is a reconnect.
+    has_connected: bool,
+    /// Connection attempts that failed in a row.
+    failed_connects: u32,
+    /// No connection attempt before this instant (set after a failed attempt).
+    next_connect_opt: Option<Instant>,
+    last_reconnect_log_opt: Option<Instant>,
+}
+
+/// How a writer backs off while its database is unreachable.
+#[derive(Debug, Clone, Copy)]
+pub struct ReconnectPolicy {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+/// Whether handling a chunk had to open a connection, and how that went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectAttempt {
+    None,
+    Opened,
+    Failed,
 }
 
 /// Shared with the pool, which reads them to pick a writer and to report health.
@@ -45,17 +77,79 @@ pub struct Writer {
 pub struct WriterCounters {
     /// Chunks sent to this writer and not yet answered.
     pub queued: AtomicUsize,
-    /// Times this writer was restarted by its supervisor.
+    /// Times this writer tried to replace a lost connection (or was restarted by its
+    /// supervisor).
     pub restarts: AtomicU64,
 }
 
 impl Writer {
-    fn new(index: usize, database: Config, counters: Arc<WriterCounters>) -> Writer {
+    fn new(
+        index: usize,
+        database: Config,
+        counters: Arc<WriterCounters>,
+        reconnect: ReconnectPolicy,
+    ) -> Writer {
         Writer {
             index,
             database,
             connection_opt: None,
             counters,
+            reconnect,
+            has_connected: false,
+            failed_connects: 0,
+            next_connect_opt: None,
+            last_reconnect_log_opt: None,
+        }
+    }
+
+    /// Updates the reconnect state after a chunk that had to connect first.
+    fn after_connect_attempt(&mut self, attempt: ConnectAttempt, error_opt: Option<&StoreError>) {
+        if attempt == ConnectAttempt::None {
+            return;
+        }
+        let is_reconnect = self.has_connected || self.failed_connects > 0;
+        if is_reconnect {
+            self.counters.restarts.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(crate::metrics::WRITER_RESTARTS).increment(1);
+        }
+        let now = Instant::now();
+        match attempt {
+            ConnectAttempt::Opened => {
+                if self.failed_connects > 0 {
+                    tracing::info!(
+                        writer = self.index,
+                        failed_attempts = self.failed_connects,
+                        "writer reconnected"
+                    );
+                }
+                self.has_connected = true;
+                self.failed_connects = 0;
+                self.next_connect_opt = None;
+            }
+            ConnectAttempt::Failed => {
+                let delay = backoff(
+                    self.reconnect.base,
+                    self.reconnect.cap,
+                    self.failed_connects,
+                );
+                self.failed_connects += 1;
+                self.next_connect_opt = Some(now + delay);
+                let quiet = self
+                    .last_reconnect_log_opt
+                    .is_some_and(|logged| now.duration_since(logged) < RECONNECT_LOG_INTERVAL);
+                if !quiet {
+                    self.last_reconnect_log_opt = Some(now);
+                    let error = error_opt.map(ToString::to_string).unwrap_or_default();
+                    tracing::warn!(
+                        writer = self.index,
+                        failed_attempts = self.failed_connects,
+                        next_attempt_in = ?delay,
+                        %error,
+                        "writer cannot reach the database; reconnecting with backoff"
+                    );
+                }
+            }
+            ConnectAttempt::None => {}
         }
     }
 }
@@ -110,32 +204,44 @@ impl Handler<WriteChunk> for Writer {
     fn handle(&mut self, message: WriteChunk, _context: &mut Context<Self>) -> Self::Result {
         let connection_opt = self.connection_opt.take();
         let database = self.database.clone();
+        // While reconnecting keeps failing, the chunk waits out the backoff here.
+        let connect_delay = self.next_connect_opt.map_or(Duration::ZERO, |at| {
+            at.saturating_duration_since(Instant::now())
+        });
         let work = async move {
-            let mut connection = match connection_opt {
-                Some(connection) if !connection.is_closed() => connection,
-                _ => match WriteConnection::open(&database).await {
-                    Ok(connection) => connection,
-                    Err(error) => return (Err(error), None),
-                },
+            let (mut connection, attempt) = match connection_opt {
+                Some(connection) if !connection.is_closed() => (connection, ConnectAttempt::None),
+                _ => {
+                    tokio::time::sleep(connect_delay).await;
+                    match WriteConnection::open(&database).await {
+                        Ok(connection) => (connection, ConnectAttempt::Opened),
+                        Err(error) => return (Err(error), None, ConnectAttempt::Failed),
+                    }
+                }
             };
             let started = Instant::now();
             let outcome = connection
                 .apply_chunk(message.tenant_id, &message.source)
                 .await;
             record_chunk_metrics(started.elapsed(), &outcome);
-            (outcome, Some(connection))
+            (outcome, Some(connection), attempt)
         };
         // A panic while writing must not take the actor system down: it becomes a retryable
         // failure, the connection (in an unknown state) is dropped, and the writer restarts.
         let work = AssertUnwindSafe(work).catch_unwind().map(|result| {
             result.unwrap_or_else(|_| {
-                tracing::error!("writer panicked while writing a chunk; restarting it");
-                (Err(StoreError::WriterUnavailable), None)
+                tracing::error!("writer panicked while writing a chunk; dropping its connection");
+                (
+                    Err(StoreError::WriterUnavailable),
+                    None,
+                    ConnectAttempt::None,
+                )
             })
         });
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
-            |(outcome, connection_opt), writer, context| {
+            |(outcome, connection_opt, attempt), writer, _context| {
                 writer.counters.queued.fetch_sub(1, Ordering::Relaxed);
+                writer.after_connect_attempt(attempt, outcome.as_ref().err());
                 let connection_failed = outcome
                     .as_ref()
                     .err()
@@ -144,11 +250,9 @@ impl Handler<WriteChunk> for Writer {
                     Some(connection) if !connection.is_closed() && !connection_failed => {
                         writer.connection_opt = Some(connection)
                     }
-                    _ => {
-                        // Broken, shutting down or never opened: the supervisor restarts this
-                        // writer, which connects afresh for its next chunk.
-                        context.stop();
-                    }
+                    // Broken, shutting down or never opened: the next chunk connects afresh
+                    // (after the backoff, if connecting is what failed).
+                    _ => writer.connection_opt = None,
                 }
                 outcome
             },
@@ -238,14 +342,20 @@ impl Drop for Ticket<'_> {
 
 impl WriterPool {
     /// Starts `count` supervised writers on the current actor system.
-    pub fn start(count: usize, database: &Config, aging_step: Duration) -> WriterPool {
+    pub fn start(
+        count: usize,
+        database: &Config,
+        aging_step: Duration,
+        reconnect: ReconnectPolicy,
+    ) -> WriterPool {
         let writers: Vec<_> = (0..count.max(1))
             .map(|index| {
                 let counters = Arc::new(WriterCounters::default());
                 let database = database.clone();
                 let actor_counters = counters.clone();
-                let address =
-                    Supervisor::start(move |_| Writer::new(index, database, actor_counters));
+                let address = Supervisor::start(move |_| {
+                    Writer::new(index, database, actor_counters, reconnect)
+                });
                 (address, counters)
             })
             .collect();
@@ -341,7 +451,7 @@ impl WriterPool {
         gate.waiting.len() + (self.writers.len() - gate.idle_writers.len())
     }
 
-    /// Writer restarts since the engine started.
+    /// Writer reconnect attempts (and supervisor restarts) since the engine started.
     pub fn restarts(&self) -> u64 {
         self.writers
             .iter()

@@ -4,6 +4,7 @@
 //! edge takes these types and never re-checks a rule.
 
 pub mod auth;
+pub mod client_text;
 pub mod record;
 pub mod scan;
 

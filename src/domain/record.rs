@@ -89,7 +89,7 @@ impl<'a> ProcessingActivity<'a> {
         let mut deserializer = serde_json::Deserializer::from_str(raw.get());
         RecordSeed { index }
             .deserialize(&mut deserializer)
-            .unwrap_or_else(|_| Err(not_an_object(index)))
+            .unwrap_or_else(|error| Err(unreadable(index, &error)))
     }
 
     /// Applies the record rules to the fields read from the record's JSON object.
@@ -354,6 +354,19 @@ fn not_an_object(index: usize) -> RecordError {
     )
 }
 
+/// A record the JSON parser refused on its own (a lone surrogate escape, say) while the body
+/// around it is well-formed: the record is invalid, its neighbours are not.
+fn unreadable(index: usize, error: &serde_json::Error) -> RecordError {
+    let reason =
+        super::client_text::shown(&error.to_string(), super::client_text::MESSAGE_MAX_CHARS);
+    RecordError::new(
+        index,
+        "",
+        format!("record is not valid JSON text: {reason}"),
+        format!("bản ghi không phải văn bản JSON hợp lệ: {reason}"),
+    )
+}
+
 impl<'de> Visitor<'de> for RecordSeed {
     type Value = Result<ProcessingActivity<'de>, RecordError>;
 
@@ -448,9 +461,9 @@ impl<'de> Visitor<'de> for RecordSeed {
     }
 }
 
-/// An unknown key is echoed in the error, but never at length.
+/// An unknown key is echoed in the error, made safe and never at length.
 fn shorten(key: &str) -> String {
-    key.chars().take(64).collect()
+    super::client_text::shown(key, super::client_text::NAME_MAX_CHARS)
 }
 
 fn required<'a>(

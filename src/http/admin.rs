@@ -11,18 +11,19 @@ use warp::reply::Response;
 use warp::Reply;
 
 use super::auth::authenticate;
+use super::headers::HeaderText;
 use super::{parse_json, respond, ApiError, AppState};
 use crate::actors::messages::LimitsChanged;
 use crate::domain::auth::{self, Principal, Scope};
-use crate::domain::TenantId;
+use crate::domain::{client_text, TenantId};
 use crate::store::dead_letters::{self, ReplayOutcome};
 use crate::store::governance::{self, LimitsChange, NewTenant, TenantRow};
 
 /// Most tenants one `GET /admin/tenants` lists.
 const TENANT_LIST_LIMIT: i64 = 10_000;
 
-async fn admin(state: &AppState, authorization_opt: Option<String>) -> Result<Principal, ApiError> {
-    let principal = authenticate(state, authorization_opt.as_deref()).await?;
+async fn admin(state: &AppState, authorization: HeaderText) -> Result<Principal, ApiError> {
+    let principal = authenticate(state, &authorization).await?;
     principal.require_admin()?;
     Ok(principal)
 }
@@ -86,12 +87,12 @@ struct CreateTenantBody {
 
 pub async fn create_tenant(
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
     body: Result<bytes::Bytes, ApiError>,
 ) -> Response {
     respond(
         async {
-            let principal = admin(&state, authorization_opt).await?;
+            let principal = admin(&state, authorization).await?;
             let request: CreateTenantBody = parse_json(&body?)?;
             if request.name.trim().is_empty()
                 || request.name.chars().count() > 200
@@ -146,10 +147,10 @@ pub async fn create_tenant(
     )
 }
 
-pub async fn list_tenants(state: Arc<AppState>, authorization_opt: Option<String>) -> Response {
+pub async fn list_tenants(state: Arc<AppState>, authorization: HeaderText) -> Response {
     respond(
         async {
-            admin(&state, authorization_opt).await?;
+            admin(&state, authorization).await?;
             let tenants = governance::tenants(&state.pool, TENANT_LIST_LIMIT).await?;
             let body = json!({
                 "count": tenants.len(),
@@ -164,11 +165,11 @@ pub async fn list_tenants(state: Arc<AppState>, authorization_opt: Option<String
 pub async fn show_tenant(
     tenant_text: String,
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
 ) -> Response {
     respond(
         async {
-            admin(&state, authorization_opt).await?;
+            admin(&state, authorization).await?;
             let tenant_id = parse_tenant_path(&tenant_text)?;
             let tenant = governance::tenant(&state.pool, tenant_id)
                 .await?
@@ -213,12 +214,12 @@ fn validate_limits(
 pub async fn set_limits(
     tenant_text: String,
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
     body: Result<bytes::Bytes, ApiError>,
 ) -> Response {
     respond(
         async {
-            let principal = admin(&state, authorization_opt).await?;
+            let principal = admin(&state, authorization).await?;
             let tenant_id = parse_tenant_path(&tenant_text)?;
             let request: LimitsBody = parse_json(&body?)?;
             if request.records_per_second.is_none()
@@ -251,28 +252,28 @@ pub async fn set_limits(
 pub async fn pause(
     tenant_text: String,
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
 ) -> Response {
-    set_paused(tenant_text, state, authorization_opt, true).await
+    set_paused(tenant_text, state, authorization, true).await
 }
 
 pub async fn resume(
     tenant_text: String,
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
 ) -> Response {
-    set_paused(tenant_text, state, authorization_opt, false).await
+    set_paused(tenant_text, state, authorization, false).await
 }
 
 async fn set_paused(
     tenant_text: String,
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
     paused: bool,
 ) -> Response {
     respond(
         async {
-            let principal = admin(&state, authorization_opt).await?;
+            let principal = admin(&state, authorization).await?;
             let tenant_id = parse_tenant_path(&tenant_text)?;
             let change = LimitsChange {
                 paused_opt: Some(paused),
@@ -319,12 +320,12 @@ struct MintKeyBody {
 
 pub async fn mint_key(
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
     body: Result<bytes::Bytes, ApiError>,
 ) -> Response {
     respond(
         async {
-            let principal = admin(&state, authorization_opt).await?;
+            let principal = admin(&state, authorization).await?;
             let request: MintKeyBody = parse_json(&body?)?;
             let scope = match (request.scope.as_str(), request.tenant_id) {
                 ("admin", None) => Scope::Admin,
@@ -363,11 +364,11 @@ pub async fn mint_key(
 pub async fn revoke_key(
     key_text: String,
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
 ) -> Response {
     respond(
         async {
-            let principal = admin(&state, authorization_opt).await?;
+            let principal = admin(&state, authorization).await?;
             let key_id = Uuid::parse_str(&key_text).map_err(|_| {
                 ApiError::bad_request("invalid_key_id", "the key id must be a UUID", "mã khóa phải là một UUID")
             })?;
@@ -391,12 +392,12 @@ const DEAD_LETTER_LIST_LIMIT: i64 = 1_000;
 
 pub async fn list_dead_letters(
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
     query: super::Query,
 ) -> Response {
     respond(
         async {
-            admin(&state, authorization_opt).await?;
+            admin(&state, authorization).await?;
             let tenant_opt = match query.get("tenant_id").filter(|text| !text.is_empty()) {
                 Some(text) => Some(crate::submission::parse_tenant_id(text)?),
                 None => None,
@@ -428,11 +429,11 @@ pub async fn list_dead_letters(
 pub async fn replay_dead_letter(
     id_text: String,
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
 ) -> Response {
     respond(
         async {
-            let principal = admin(&state, authorization_opt).await?;
+            let principal = admin(&state, authorization).await?;
             let dead_letter_id: i64 =
                 id_text.parse().ok().filter(|id| *id > 0).ok_or_else(|| {
                     ApiError::bad_request(
@@ -450,13 +451,18 @@ pub async fn replay_dead_letter(
                     "message_vi": "bản ghi đã được ghi thành công",
                 }))
                 .into_response()),
-                ReplayOutcome::StillFailing { tenant_id, error } => Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "replay_failed",
-                    format!("the record was refused again: {error}"),
-                    format!("bản ghi vẫn bị từ chối: {error}"),
-                )
-                .with_details(json!({ "dead_letter_id": dead_letter_id, "tenant_id": tenant_id }))),
+                ReplayOutcome::StillFailing { tenant_id, error } => {
+                    let error = client_text::shown(&error, client_text::MESSAGE_MAX_CHARS);
+                    Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "replay_failed",
+                        format!("the record was refused again: {error}"),
+                        format!("bản ghi vẫn bị từ chối: {error}"),
+                    )
+                    .with_details(
+                        json!({ "dead_letter_id": dead_letter_id, "tenant_id": tenant_id }),
+                    ))
+                }
                 ReplayOutcome::AlreadyReplayed => Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "already_replayed",

@@ -9,6 +9,7 @@ use warp::reply::Response;
 use warp::Reply;
 
 use super::auth::authorized_tenant;
+use super::headers::HeaderText;
 use super::{respond, ApiError, AppState, Query};
 use crate::store::reads::{self, ActivityRow, PageStart};
 
@@ -18,18 +19,18 @@ const ACTIVITIES_MAX_LIMIT: i64 = 1_000;
 
 pub async fn compliance_summary(
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
     query: Query,
 ) -> Response {
-    respond(compliance_summary_inner(state, authorization_opt, query).await)
+    respond(compliance_summary_inner(state, authorization, query).await)
 }
 
 async fn compliance_summary_inner(
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
     query: Query,
 ) -> Result<Response, ApiError> {
-    let tenant_id = authorized_tenant(&state, authorization_opt.as_deref(), &query).await?;
+    let tenant_id = authorized_tenant(&state, &authorization, &query).await?;
     let summary = reads::compliance_summary(&state.read_pool, tenant_id).await?;
     let categories: Vec<serde_json::Value> = summary
         .categories
@@ -52,18 +53,18 @@ async fn compliance_summary_inner(
 
 pub async fn processing_activities(
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
     query: Query,
 ) -> Response {
-    respond(processing_activities_inner(state, authorization_opt, query).await)
+    respond(processing_activities_inner(state, authorization, query).await)
 }
 
 async fn processing_activities_inner(
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
     query: Query,
 ) -> Result<Response, ApiError> {
-    let tenant_id = authorized_tenant(&state, authorization_opt.as_deref(), &query).await?;
+    let tenant_id = authorized_tenant(&state, &authorization, &query).await?;
     let limit = parse_limit(&query)?;
     let start = parse_page_start(&query)?;
     let page = reads::activities_page(&state.read_pool, tenant_id, start, limit).await?;

@@ -3,19 +3,26 @@
 
 use warp::http::StatusCode;
 
+use super::headers::HeaderText;
 use super::ingest::tenant_from_query;
 use super::{ApiError, AppState, Query};
 use crate::domain::auth::{self, Denial, Principal, Scope};
 use crate::domain::TenantId;
 use crate::store::governance;
 
-/// The caller behind `authorization_opt`. Minted keys are read from the database on every
-/// request, so a revocation takes effect on the very next request, on every instance.
+/// The caller behind the `Authorization` header. Minted keys are read from the database on
+/// every request, so a revocation takes effect on the very next request, on every instance.
 pub async fn authenticate(
     state: &AppState,
-    authorization_opt: Option<&str>,
+    authorization: &HeaderText,
 ) -> Result<Principal, ApiError> {
-    let token = authorization_opt
+    match authorization {
+        HeaderText::NotAscii => return Err(unauthorized("invalid_authorization_header")),
+        HeaderText::Repeated => return Err(unauthorized("repeated_authorization_header")),
+        HeaderText::Absent | HeaderText::One(_) => {}
+    }
+    let token = authorization
+        .value_opt()
         .and_then(|header| {
             let (scheme, token) = header.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -47,10 +54,10 @@ pub async fn authenticate(
 /// caller is authenticated (401 otherwise) and its key covers that tenant (403 otherwise).
 pub async fn authorized_tenant(
     state: &AppState,
-    authorization_opt: Option<&str>,
+    authorization: &HeaderText,
     query: &Query,
 ) -> Result<TenantId, ApiError> {
-    let principal = authenticate(state, authorization_opt).await?;
+    let principal = authenticate(state, authorization).await?;
     let tenant_id = tenant_from_query(query)?;
     principal.require_tenant(tenant_id)?;
     Ok(tenant_id)
@@ -61,6 +68,14 @@ fn unauthorized(code: &'static str) -> ApiError {
         "missing_token" => (
             "this route needs an Authorization: Bearer <token> header",
             "đường dẫn này cần tiêu đề Authorization: Bearer <token>",
+        ),
+        "invalid_authorization_header" => (
+            "the Authorization header must be ASCII: Bearer <token>",
+            "tiêu đề Authorization chỉ được chứa ký tự ASCII: Bearer <token>",
+        ),
+        "repeated_authorization_header" => (
+            "send exactly one Authorization header",
+            "chỉ được gửi đúng một tiêu đề Authorization",
         ),
         _ => (
             "the token is invalid or has been revoked",

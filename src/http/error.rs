@@ -9,7 +9,8 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::Reply;
 
-use crate::store::StoreError;
+use crate::domain::client_text;
+use crate::store::{FailureClass, StoreError};
 use crate::submission::SubmissionError;
 
 #[derive(Debug)]
@@ -181,19 +182,61 @@ impl From<SubmissionError> for ApiError {
 }
 
 impl From<StoreError> for ApiError {
-    /// The database could not do what the request needs: the request can be retried. A pool
-    /// that had no free connection in time means the engine is saturated, not the database down.
+    /// Only a retryable failure (the database unreachable, busy or restarting) is a 503 with
+    /// `Retry-After`: a client that obeys it would otherwise retry a permanent refusal forever.
+    /// A pool that had no free connection in time means the engine is saturated. Every other
+    /// failure is logged and counted by class.
     fn from(error: StoreError) -> ApiError {
         if matches!(error, StoreError::PoolTimeout) {
             return ApiError::engine_saturated();
         }
-        tracing::warn!(%error, "request failed on the database");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            "the database is unavailable; the request changed nothing, retry shortly",
-            "cơ sở dữ liệu tạm thời không khả dụng; yêu cầu chưa thay đổi dữ liệu nào, vui lòng thử lại sau",
-        )
-        .with_retry_after(2)
+        let class = error.class();
+        metrics::counter!(crate::metrics::REQUEST_DATABASE_ERRORS, "class" => class.as_str())
+            .increment(1);
+        let sqlstate = error.sqlstate_opt().unwrap_or("").to_string();
+        match class {
+            FailureClass::Retryable => {
+                tracing::warn!(%error, "request failed on the database; retryable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    "the database is unavailable; the request changed nothing, retry shortly",
+                    "cơ sở dữ liệu tạm thời không khả dụng; yêu cầu chưa thay đổi dữ liệu nào, vui lòng thử lại sau",
+                )
+                .with_retry_after(2)
+            }
+            FailureClass::Data => {
+                tracing::error!(%error, "the database refused a request's data");
+                let reason =
+                    client_text::shown(&error.database_message(), client_text::MESSAGE_MAX_CHARS);
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "refused_by_database",
+                    format!("the database refused the request's data; nothing was stored, and the same request will be refused again: {reason}"),
+                    format!("cơ sở dữ liệu từ chối dữ liệu của yêu cầu; chưa có dữ liệu nào được lưu, gửi lại nguyên yêu cầu này sẽ vẫn bị từ chối: {reason}"),
+                )
+                .with_details(json!({ "sqlstate": sqlstate }))
+            }
+            FailureClass::Integrity => {
+                tracing::error!(%error, "the request conflicts with stored data");
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict_in_database",
+                    "the request conflicts with data already stored; nothing was changed",
+                    "yêu cầu xung đột với dữ liệu đã lưu; chưa có thay đổi nào được thực hiện",
+                )
+                .with_details(json!({ "sqlstate": sqlstate }))
+            }
+            FailureClass::Other => {
+                tracing::error!(%error, "request failed on the database; not retryable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_error",
+                    "the database refused the request for a reason retrying will not fix; nothing was changed, and the operators can find it in the engine's log",
+                    "cơ sở dữ liệu từ chối yêu cầu vì một lỗi mà thử lại cũng không khắc phục được; chưa có thay đổi nào, quản trị viên có thể xem chi tiết trong nhật ký của hệ thống",
+                )
+                .with_details(json!({ "sqlstate": sqlstate }))
+            }
+        }
     }
 }

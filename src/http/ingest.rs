@@ -12,10 +12,12 @@ use warp::reply::Response;
 use warp::Reply;
 
 use super::auth::{authenticate, authorized_tenant};
+use super::headers::HeaderText;
 use super::{
     admit, check_body_headers, close_connection_if, respond, ApiError, AppState, PendingBody, Query,
 };
 use crate::actors::messages::{BatchChunk, BatchChunkError, BatchSubmitted, ChunksStaged};
+use crate::domain::client_text;
 use crate::domain::{Priority, RecordError, ScanStatus, TenantId};
 use crate::metrics::StageTimer;
 use crate::store::chunk_writes::ChunkSource;
@@ -29,11 +31,11 @@ const SCAN_LIST_MAX_LIMIT: i64 = 500;
 
 pub async fn submit_scan(
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
     body: PendingBody,
 ) -> Response {
     let mut waited = false;
-    let result = submit_scan_inner(state, authorization_opt, body, &mut waited).await;
+    let result = submit_scan_inner(state, authorization, body, &mut waited).await;
     close_connection_if(waited, respond(count_rejection(result)))
 }
 
@@ -56,20 +58,16 @@ fn count_accepted(route: &'static str, valid: u64, invalid: u64) {
 /// `waited` is set when the submission's body sat unread while it waited for admission.
 async fn submit_scan_inner(
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
     body: PendingBody,
     waited: &mut bool,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(&state, authorization_opt.as_deref()).await?;
+    let principal = authenticate(&state, &authorization).await?;
     if !state.is_accepting() {
         return Err(ApiError::shutting_down());
     }
     let limit = state.settings.http.max_scan_body_bytes;
-    check_body_headers(
-        body.content_type_opt.as_deref(),
-        body.content_length_opt.as_deref(),
-        limit,
-    )?;
+    check_body_headers(&body.content_type, &body.content_length, limit)?;
     let mut stages = StageTimer::submission("scan");
     // Held until the scan is staged: bounds the memory of scans in progress.
     // A refusal after the whole admission wait counts as waited.
@@ -172,19 +170,19 @@ fn scan_invalid_at_submission(scan: &ScanRow) -> i32 {
 pub async fn get_scan(
     scan_id_text: String,
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
     query: Query,
 ) -> Response {
-    respond(get_scan_inner(state, authorization_opt, scan_id_text, query).await)
+    respond(get_scan_inner(state, authorization, scan_id_text, query).await)
 }
 
 async fn get_scan_inner(
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
     scan_id_text: String,
     query: Query,
 ) -> Result<Response, ApiError> {
-    let tenant_id = authorized_tenant(&state, authorization_opt.as_deref(), &query).await?;
+    let tenant_id = authorized_tenant(&state, &authorization, &query).await?;
     let scan_id = Uuid::parse_str(&scan_id_text).map_err(|_| {
         ApiError::bad_request(
             "invalid_scan_id",
@@ -198,20 +196,16 @@ async fn get_scan_inner(
     Ok(warp::reply::json(&scan_json(&scan)).into_response())
 }
 
-pub async fn list_scans(
-    state: Arc<AppState>,
-    authorization_opt: Option<String>,
-    query: Query,
-) -> Response {
-    respond(list_scans_inner(state, authorization_opt, query).await)
+pub async fn list_scans(state: Arc<AppState>, authorization: HeaderText, query: Query) -> Response {
+    respond(list_scans_inner(state, authorization, query).await)
 }
 
 async fn list_scans_inner(
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
     query: Query,
 ) -> Result<Response, ApiError> {
-    let tenant_id = authorized_tenant(&state, authorization_opt.as_deref(), &query).await?;
+    let tenant_id = authorized_tenant(&state, &authorization, &query).await?;
     let status_opt = match query.get("status").map(String::as_str) {
         None | Some("") => None,
         Some(text) => Some(ScanStatus::parse(text).ok_or_else(|| {
@@ -293,36 +287,32 @@ pub(super) fn tenant_from_query(query: &Query) -> Result<TenantId, ApiError> {
 
 pub async fn submit_batch(
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
     query: Query,
     body: PendingBody,
 ) -> Response {
     let mut waited = false;
-    let result = submit_batch_inner(state, authorization_opt, query, body, &mut waited).await;
+    let result = submit_batch_inner(state, authorization, query, body, &mut waited).await;
     close_connection_if(waited, respond(count_rejection(result)))
 }
 
 /// `waited` is set when the batch's body sat unread while it waited for admission.
 async fn submit_batch_inner(
     state: Arc<AppState>,
-    authorization_opt: Option<String>,
+    authorization: HeaderText,
     query: Query,
     body: PendingBody,
     waited: &mut bool,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let principal = authenticate(&state, authorization_opt.as_deref()).await?;
+    let principal = authenticate(&state, &authorization).await?;
     if !state.is_accepting() {
         return Err(ApiError::shutting_down());
     }
     let tenant_id = tenant_from_query(&query)?;
     principal.require_tenant(tenant_id)?;
     let limit = state.settings.http.max_batch_body_bytes;
-    check_body_headers(
-        body.content_type_opt.as_deref(),
-        body.content_length_opt.as_deref(),
-        limit,
-    )?;
+    check_body_headers(&body.content_type, &body.content_length, limit)?;
     let mut stages = StageTimer::submission("batch");
     // Held until the batch is committed: bounds the memory of batches in progress.
     // A refusal after the whole admission wait counts as waited.
@@ -389,10 +379,8 @@ async fn submit_batch_inner(
         }
     }
     stages.lap("write");
-    if records_created == 0 {
-        if let Some(error) = unwritten.first() {
-            return Err(batch_refusal(error));
-        }
+    if records_created == 0 && !unwritten.is_empty() {
+        return Err(batch_refusal(unwritten.swap_remove(0)));
     }
     if !unwritten.is_empty() {
         errors.push(RecordError::new(
@@ -401,7 +389,7 @@ async fn submit_batch_inner(
             format!(
                 "{} chunks of this batch were not written: {}",
                 unwritten.len(),
-                unwritten[0]
+                client_text::shown(&unwritten[0].to_string(), client_text::MESSAGE_MAX_CHARS)
             ),
             format!(
                 "{} phần của lô này chưa được ghi; hãy gửi lại các bản ghi đó",
@@ -423,7 +411,7 @@ async fn submit_batch_inner(
     Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::CREATED).into_response())
 }
 
-fn batch_refusal(error: &BatchChunkError) -> ApiError {
+fn batch_refusal(error: BatchChunkError) -> ApiError {
     match error {
         BatchChunkError::ShuttingDown => ApiError::shutting_down(),
         BatchChunkError::Throttled { retry_after_secs } => ApiError::new(
@@ -432,14 +420,8 @@ fn batch_refusal(error: &BatchChunkError) -> ApiError {
             "the tenant's write rate would hold this batch too long; nothing was written, retry later",
             "giới hạn tốc độ ghi của tổ chức sẽ giữ lô này quá lâu; chưa có dữ liệu nào được ghi, vui lòng thử lại sau",
         )
-        .with_retry_after(*retry_after_secs),
-        BatchChunkError::Database(reason) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            format!("the batch could not be written; nothing was stored: {reason}"),
-            "không ghi được lô dữ liệu; chưa có dữ liệu nào được lưu, vui lòng thử lại sau",
-        )
-        .with_retry_after(2),
+        .with_retry_after(retry_after_secs),
+        BatchChunkError::Database(error) => ApiError::from(error),
     }
 }
 

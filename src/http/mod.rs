@@ -10,8 +10,10 @@ mod admin;
 mod analytics;
 mod auth;
 pub mod error;
+mod headers;
 mod health;
 mod ingest;
+pub mod listener;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -26,8 +28,10 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 pub use self::error::ApiError;
+use self::headers::{header_text, HeaderText};
 use crate::actors::Engine;
 use crate::config::Settings;
+use crate::domain::client_text;
 use crate::store::{Pool, ReadPool};
 
 /// What every handler may use.
@@ -194,18 +198,18 @@ pub fn routes(
             .into_response()
         })
         .boxed();
-    let authorization = warp::header::optional::<String>("authorization");
+    let authorization = header_text("authorization");
     let json_body = |limit: u64| {
-        warp::header::optional::<String>("content-type")
-            .and(warp::header::optional::<String>("content-length"))
+        header_text("content-type")
+            .and(header_text("content-length"))
             .and(warp::body::stream())
-            .then(move |content_type_opt, content_length_opt, body| {
-                read_json_body(content_type_opt, content_length_opt, body, limit)
+            .then(move |content_type, content_length, body| {
+                read_json_body(content_type, content_length, body, limit)
             })
     };
     let small_body = json_body(ADMIN_BODY_LIMIT);
-    let pending_body = warp::header::optional::<String>("content-type")
-        .and(warp::header::optional::<String>("content-length"))
+    let pending_body = header_text("content-type")
+        .and(header_text("content-length"))
         .and(warp::body::stream())
         .map(PendingBody::new);
 
@@ -364,26 +368,22 @@ pub fn routes(
         .recover(recover)
         .unify();
 
-    let request_context =
-        warp::header::optional::<String>("x-request-id").map(|incoming_opt: Option<String>| {
-            RequestContext {
-                request_id: incoming_opt
-                    .filter(|incoming| is_acceptable_request_id(incoming))
-                    .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-                started: Instant::now(),
-            }
-        });
+    let request_context = header_text("x-request-id").map(|incoming: HeaderText| RequestContext {
+        request_id: incoming
+            .value_opt()
+            .filter(|incoming| is_acceptable_request_id(incoming))
+            .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string),
+        started: Instant::now(),
+    });
     request_context
         .and(warp::method())
         .and(warp::path::full())
         .and(all_routes)
         .map(finish_request)
-        .recover(recover)
-        .unify()
 }
 
-/// Every request's id (the caller's `x-request-id` when it is sensible, else a new UUIDv7) and
-/// start time.
+/// Every request's id (the caller's one `x-request-id` when it is sensible, else a new UUIDv7)
+/// and start time.
 struct RequestContext {
     request_id: String,
     started: Instant,
@@ -435,10 +435,12 @@ pub fn respond(result: Result<Response, ApiError>) -> Response {
 /// Parses a small JSON body into `T`, with a bilingual 400 naming serde's complaint.
 pub fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|error| {
+        // serde's complaint may quote the body ("unknown variant `…`").
+        let reason = client_text::shown(&error.to_string(), client_text::MESSAGE_MAX_CHARS);
         ApiError::bad_request(
             "malformed_request",
-            format!("the request body is not valid JSON for this route: {error}"),
-            format!("nội dung yêu cầu không phải JSON hợp lệ cho đường dẫn này: {error}"),
+            format!("the request body is not valid JSON for this route: {reason}"),
+            format!("nội dung yêu cầu không phải JSON hợp lệ cho đường dẫn này: {reason}"),
         )
     })
 }
@@ -480,37 +482,33 @@ fn decode_component(text: &str) -> String {
 
 /// Refuses a body whose declared or actual size exceeds `limit`, and a non-JSON content type.
 pub async fn read_json_body(
-    content_type_opt: Option<String>,
-    content_length_opt: Option<String>,
+    content_type: HeaderText,
+    content_length: HeaderText,
     body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
     limit: u64,
 ) -> Result<Bytes, ApiError> {
-    check_body_headers(
-        content_type_opt.as_deref(),
-        content_length_opt.as_deref(),
-        limit,
-    )?;
-    let declared_opt = declared_length(content_length_opt.as_deref());
+    check_body_headers(&content_type, &content_length, limit)?;
+    let declared_opt = declared_length(&content_length);
     collect_body(body, declared_opt, limit).await
 }
 
 /// A submission's body, not yet read: it is read only once the submission is admitted.
 pub struct PendingBody {
-    pub content_type_opt: Option<String>,
-    pub content_length_opt: Option<String>,
+    pub content_type: HeaderText,
+    pub content_length: HeaderText,
     pub stream: futures_util::stream::BoxStream<'static, Result<Bytes, warp::Error>>,
 }
 
 impl PendingBody {
     fn new(
-        content_type_opt: Option<String>,
-        content_length_opt: Option<String>,
+        content_type: HeaderText,
+        content_length: HeaderText,
         stream: impl Stream<Item = Result<impl Buf + Send + 'static, warp::Error>> + Send + 'static,
     ) -> PendingBody {
         use futures_util::TryStreamExt;
         PendingBody {
-            content_type_opt,
-            content_length_opt,
+            content_type,
+            content_length,
             stream: StreamExt::boxed(stream.map_ok(|mut part| {
                 let remaining = part.remaining();
                 part.copy_to_bytes(remaining)
@@ -520,28 +518,40 @@ impl PendingBody {
 
     /// The declared length, if any and well-formed.
     pub fn declared_length_opt(&self) -> Option<u64> {
-        declared_length(self.content_length_opt.as_deref())
+        declared_length(&self.content_length)
     }
 
     /// Checks the headers, then reads at most `limit` bytes.
     pub async fn read(self, limit: u64) -> Result<Bytes, ApiError> {
-        check_body_headers(
-            self.content_type_opt.as_deref(),
-            self.content_length_opt.as_deref(),
-            limit,
-        )?;
+        check_body_headers(&self.content_type, &self.content_length, limit)?;
         let declared_opt = self.declared_length_opt();
         collect_body(self.stream, declared_opt, limit).await
     }
 }
 
-/// Refuses a non-JSON content type (415) and a declared length over `limit` (413).
+/// Refuses a non-JSON, non-ASCII or repeated content type (415) and a declared length over
+/// `limit` (413). No content type at all is read as JSON.
 pub fn check_body_headers(
-    content_type_opt: Option<&str>,
-    content_length_opt: Option<&str>,
+    content_type: &HeaderText,
+    content_length: &HeaderText,
     limit: u64,
 ) -> Result<(), ApiError> {
-    if let Some(content_type) = content_type_opt {
+    match content_type {
+        HeaderText::NotAscii => {
+            return Err(unsupported_media_type(
+                "the Content-Type header must be ASCII: application/json",
+                "tiêu đề Content-Type chỉ được chứa ký tự ASCII: application/json",
+            ))
+        }
+        HeaderText::Repeated => {
+            return Err(unsupported_media_type(
+                "send exactly one Content-Type header: application/json",
+                "chỉ được gửi đúng một tiêu đề Content-Type: application/json",
+            ))
+        }
+        HeaderText::Absent | HeaderText::One(_) => {}
+    }
+    if let Some(content_type) = content_type.value_opt() {
         let essence = content_type
             .split(';')
             .next()
@@ -549,21 +559,14 @@ pub fn check_body_headers(
             .trim()
             .to_ascii_lowercase();
         if essence != "application/json" && !essence.ends_with("+json") {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                format!(
-                    "the body must be application/json, not {}",
-                    shorten(&essence)
-                ),
-                format!(
-                    "nội dung phải là application/json, không phải {}",
-                    shorten(&essence)
-                ),
+            let shown = client_text::shown(&essence, client_text::NAME_MAX_CHARS);
+            return Err(unsupported_media_type(
+                format!("the body must be application/json, not {shown}"),
+                format!("nội dung phải là application/json, không phải {shown}"),
             ));
         }
     }
-    if let Some(length) = declared_length(content_length_opt) {
+    if let Some(length) = declared_length(content_length) {
         if length > limit {
             return Err(ApiError::payload_too_large(limit));
         }
@@ -571,9 +574,21 @@ pub fn check_body_headers(
     Ok(())
 }
 
-/// A well-formed `content-length`.
-fn declared_length(content_length_opt: Option<&str>) -> Option<u64> {
-    content_length_opt.and_then(|text| text.trim().parse().ok())
+fn unsupported_media_type(error: impl Into<String>, error_vi: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        error,
+        error_vi,
+    )
+}
+
+/// A well-formed `content-length` (the HTTP server already refused a malformed or conflicting
+/// one before the request got here).
+fn declared_length(content_length: &HeaderText) -> Option<u64> {
+    content_length
+        .value_opt()
+        .and_then(|text| text.trim().parse().ok())
 }
 
 /// Reads the body into one buffer, sized up front from the declared length (at most `limit`)
@@ -604,10 +619,6 @@ async fn collect_body(
         }
     }
     Ok(collected.freeze())
-}
-
-fn shorten(text: &str) -> String {
-    text.chars().take(64).collect()
 }
 
 /// Turns warp's rejections into the API's error body.

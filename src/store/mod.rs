@@ -61,6 +61,29 @@ impl StoreError {
         }
     }
 
+    /// How a request path should answer this failure (see [`FailureClass`]).
+    pub fn class(&self) -> FailureClass {
+        if self.is_retryable() {
+            return FailureClass::Retryable;
+        }
+        match self {
+            StoreError::Database(error) => match error.code().map(|state| state.code()) {
+                Some(code) if code.starts_with("22") => FailureClass::Data,
+                Some(code) if code.starts_with("23") => FailureClass::Integrity,
+                _ => FailureClass::Other,
+            },
+            _ => FailureClass::Other,
+        }
+    }
+
+    /// The SQLSTATE, when PostgreSQL gave one.
+    pub fn sqlstate_opt(&self) -> Option<&str> {
+        match self {
+            StoreError::Database(error) => error.code().map(|state| state.code()),
+            _ => None,
+        }
+    }
+
     /// Retryable: lost connections, deadlocks, serialization failures, too many connections,
     /// a server shutting down or starting up, pool time-outs. Everything else is permanent.
     pub fn is_retryable(&self) -> bool {
@@ -80,6 +103,31 @@ impl StoreError {
                         || code == "55P03" // lock not available
                 }
             },
+        }
+    }
+}
+
+/// What a failure means to whoever asked: try again, or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The same request may succeed later: the database was unreachable, busy or restarting.
+    Retryable,
+    /// A data exception (SQLSTATE class 22): the request's data cannot be stored as sent.
+    Data,
+    /// An integrity violation (class 23): the request conflicts with what is stored.
+    Integrity,
+    /// Any other permanent failure (a fault of the engine or its schema): retrying the same
+    /// request will not help.
+    Other,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Retryable => "retryable",
+            FailureClass::Data => "data",
+            FailureClass::Integrity => "integrity",
+            FailureClass::Other => "other",
         }
     }
 }

@@ -180,6 +180,10 @@ enum Outage {
     Crash,
 }
 
+/// Writers of the PostgreSQL outage tests, and their first retry delay.
+const WRITERS: usize = 4;
+const RETRY_BASE_MS: u64 = 50;
+
 async fn every_scan_completes_exactly_across(outage: Outage) {
     // The crash runs on the shipped settings, whose commits wait for their flush unless the
     // engine says otherwise; the test settings turn that off for every transaction, which
@@ -210,8 +214,10 @@ async fn every_scan_completes_exactly_across(outage: Outage) {
     let database = connections::parse_url(&cluster.database_url(), Duration::from_secs(5)).unwrap();
     connections::ensure_database(&database).await.unwrap();
     let app = spawn_app_on(database, |settings| {
-        settings.writers.retry_base_ms = 50;
-        settings.writers.retry_cap_ms = 500;
+        settings.writers.count = WRITERS;
+        settings.writers.retry_base_ms = RETRY_BASE_MS;
+        // Above the outage, so reconnect attempts double all the way through it.
+        settings.writers.retry_cap_ms = 8_000;
         settings.database.pool_timeout_secs = 2;
         // Each tenant is paced at 5,000 records a second, so writing its 20,000 takes at least
         // 3 s and the restart below lands while writers are busy, however fast this machine.
@@ -257,6 +263,7 @@ async fn every_scan_completes_exactly_across(outage: Outage) {
         .unwrap();
         completed_before_opt = Some((tenant, scan_id));
     }
+    let outage_started = Instant::now();
     tokio::task::spawn_blocking(move || cluster.stop())
         .await
         .unwrap();
@@ -272,6 +279,7 @@ async fn every_scan_completes_exactly_across(outage: Outage) {
         .await
         .unwrap()
         .unwrap();
+    let outage_duration = outage_started.elapsed();
     if let Some((tenant, scan_id)) = completed_before_opt {
         // Read at once, before the engine's next sweep could apply a lost chunk again.
         let database =
@@ -304,9 +312,17 @@ async fn every_scan_completes_exactly_across(outage: Outage) {
     assert_eq!(duplicates, 0);
     let health: Value = app.get("/health/database").await.json().await.unwrap();
     assert_eq!(health["status"], "healthy");
+    // Writers reconnect with exponential backoff: over an outage of T seconds each makes about
+    // log2(T / base) attempts, however many chunk attempts failed meanwhile (one restart per
+    // failed chunk attempt came to hundreds).
+    let restarts = health["writers"]["restarts"].as_u64().unwrap();
+    let doublings = (outage_duration.as_secs_f64() / (RETRY_BASE_MS as f64 / 1000.0))
+        .log2()
+        .ceil() as u64;
+    let bound = WRITERS as u64 * (doublings + 3);
     assert!(
-        health["writers"]["restarts"].as_u64().unwrap() > 0,
-        "{health}"
+        restarts > 0 && restarts <= bound,
+        "{restarts} writer restarts over an outage of {outage_duration:?} (bound {bound}): {health}"
     );
     app.assert_activity_counts_are_exact().await;
     app.stop().await;

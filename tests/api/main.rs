@@ -7,6 +7,7 @@ mod failures;
 mod governance;
 mod health;
 mod helpers;
+mod hostile;
 mod observability;
 mod process;
 mod reads;
