@@ -19,6 +19,22 @@ pub struct Settings {
     pub log: LogSettings,
     pub auth: AuthSettings,
     pub metrics: MetricsSettings,
+    pub audit: AuditSettings,
+    pub retention: RetentionSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuditSettings {
+    pub timezone: String,
+    pub premake_months: u32,
+    pub maintenance_interval_secs: u64,
+    pub retain_months: u32,
+    pub archive_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionSettings {
+    pub scan_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -187,6 +203,12 @@ impl Settings {
             .set_default("auth.bootstrap_admin_token", "")?
             .set_default("metrics.sample_interval_secs", 10)?
             .set_default("shutdown.grace_period_secs", 30)?
+            .set_default("audit.timezone", "Asia/Ho_Chi_Minh")?
+            .set_default("audit.premake_months", 3)?
+            .set_default("audit.maintenance_interval_secs", 3600)?
+            .set_default("audit.retain_months", 12)?
+            .set_default("audit.archive_dir", ".data/audit-archive")?
+            .set_default("retention.scan_days", 30)?
             .set_default("log.format", "text")?
             .set_default("log.level", "info")
     }

@@ -1,9 +1,11 @@
 //! The tenant-fair, durable ingestion engine: see `ARCHITECTURE.md` for the map.
 
 pub mod actors;
+pub mod audit;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod sampler;
 pub mod startup;

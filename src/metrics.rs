@@ -30,6 +30,8 @@ pub const DEAD_LETTERS: &str = "ingest_dead_letters_total";
 pub const CHUNKS_REFUSED: &str = "ingest_chunks_refused_total";
 pub const REQUEST_DATABASE_ERRORS: &str = "ingest_request_database_errors_total";
 pub const HTTP_PROTOCOL_ERRORS: &str = "ingest_http_protocol_errors_total";
+pub const AUDIT_PARTITIONS_AHEAD: &str = "ingest_audit_partitions_ahead";
+pub const AUDIT_UPKEEP_RUNS: &str = "ingest_audit_upkeep_runs_total";
 pub const POOL_CONNECTIONS: &str = "ingest_pool_connections";
 pub const POOL_UTILIZATION: &str = "ingest_pool_utilization_ratio";
 pub const POSTGRES_CACHE_HIT_RATIO: &str = "ingest_postgres_cache_hit_ratio";
@@ -238,6 +240,17 @@ fn describe() {
          or too many or too large headers (431), by status."
     );
     describe_gauge!(
+        AUDIT_PARTITIONS_AHEAD,
+        Unit::Count,
+        "Months after the current one whose audit log partitions exist (upkeep keeps \
+         audit.premake_months ready; fewer than 2 alerts)."
+    );
+    describe_counter!(
+        AUDIT_UPKEEP_RUNS,
+        Unit::Count,
+        "Audit upkeep runs of this instance, by outcome (ok, failed)."
+    );
+    describe_gauge!(
         POOL_CONNECTIONS,
         Unit::Count,
         "Connections by pool (request, writers) and state (idle, active)."
@@ -281,6 +294,9 @@ fn register_zeroes() {
     for status in ["completed", "completed_with_errors", "failed"] {
         metrics::counter!(SCANS_FINISHED, "status" => status).increment(0);
     }
+    for outcome in ["ok", "failed"] {
+        metrics::counter!(AUDIT_UPKEEP_RUNS, "outcome" => outcome).increment(0);
+    }
     for class in ["retryable", "data", "integrity", "other"] {
         metrics::counter!(REQUEST_DATABASE_ERRORS, "class" => class).increment(0);
     }
@@ -319,6 +335,8 @@ pub fn route_label(path: &str) -> &'static str {
         ["admin", "keys"] => "/admin/keys",
         ["admin", "keys", _] => "/admin/keys/{key_id}",
         ["admin", "dead-letters"] => "/admin/dead-letters",
+        ["admin", "audit"] => "/admin/audit",
+        ["admin", "audit", "archives"] => "/admin/audit/archives",
         ["admin", "dead-letters", _, "replay"] => "/admin/dead-letters/{id}/replay",
         _ => "other",
     }

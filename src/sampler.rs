@@ -21,6 +21,11 @@ pub async fn run(state: Arc<AppState>, interval: Duration) {
 }
 
 async fn sample(state: &AppState) {
+    if let Ok(ready) =
+        crate::store::audit_log::months_ahead(&state.pool, &state.settings.audit.timezone).await
+    {
+        metrics::gauge!(names::AUDIT_PARTITIONS_AHEAD).set(ready as f64);
+    }
     let pool_state = state.pool.state();
     let pool_size = state.settings.database.pool_size.max(1) as f64;
     let active = pool_state

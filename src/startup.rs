@@ -51,6 +51,10 @@ impl Application {
             },
         )
         .await;
+        // This month's audit partition (and the next ones) exist before anything is served.
+        crate::audit::upkeep::run_at_startup(&pool, &settings.audit)
+            .await
+            .context("creating the audit log's monthly partitions")?;
         let engine = Engine::start(&settings, &database)?;
         let host: IpAddr =
             settings.http.host.parse().with_context(|| {
@@ -107,8 +111,23 @@ impl Application {
             self.state.clone(),
             Duration::from_secs(self.state.settings.metrics.sample_interval_secs.max(1)),
         ));
+        let jobs = crate::jobs::Shutdown::new();
+        let audit_settings = self.state.settings.audit.clone();
+        let upkeep_interval = Duration::from_secs(audit_settings.maintenance_interval_secs.max(1));
+        let background = [jobs.spawn(
+            crate::audit::upkeep::UpkeepJob {
+                pool: self.state.pool.clone(),
+                settings: audit_settings,
+            },
+            upkeep_interval,
+        )];
         shutdown.await;
         sampler.abort();
+        // Background jobs finish their current pass, then stop, before the engine drains.
+        jobs.stop();
+        for job in background {
+            let _ = job.await;
+        }
         tracing::info!("shutting down");
         self.state.accepting.store(false, Ordering::Release);
         let grace = Duration::from_secs(self.state.settings.shutdown.grace_period_secs);

@@ -3,6 +3,7 @@
 //! **Invariant:** only the constructors here decide whether input is valid; code past the HTTP
 //! edge takes these types and never re-checks a rule.
 
+pub mod audit;
 pub mod auth;
 pub mod client_text;
 pub mod record;

@@ -14,6 +14,7 @@ use super::auth::authenticate;
 use super::headers::HeaderText;
 use super::{parse_json, respond, ApiError, AppState};
 use crate::actors::messages::LimitsChanged;
+use crate::domain::audit::AuditAction;
 use crate::domain::auth::{self, Principal, Scope};
 use crate::domain::{client_text, TenantId};
 use crate::store::dead_letters::{self, ReplayOutcome};
@@ -243,7 +244,14 @@ pub async fn set_limits(
                 max_backlog_records_opt: request.max_backlog_records,
                 paused_opt: None,
             };
-            change_and_notify(&state, &principal, tenant_id, "tenant.limits", change).await
+            change_and_notify(
+                &state,
+                &principal,
+                tenant_id,
+                AuditAction::LimitsChanged,
+                change,
+            )
+            .await
         }
         .await,
     )
@@ -280,9 +288,9 @@ async fn set_paused(
                 ..LimitsChange::default()
             };
             let action = if paused {
-                "tenant.pause"
+                AuditAction::TenantPaused
             } else {
-                "tenant.resume"
+                AuditAction::TenantResumed
             };
             change_and_notify(&state, &principal, tenant_id, action, change).await
         }
@@ -296,7 +304,7 @@ async fn change_and_notify(
     state: &AppState,
     principal: &Principal,
     tenant_id: TenantId,
-    action: &str,
+    action: AuditAction,
     change: LimitsChange,
 ) -> Result<Response, ApiError> {
     let tenant = governance::change_limits(&state.pool, principal, tenant_id, action, change)

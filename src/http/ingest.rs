@@ -17,9 +17,11 @@ use super::{
     admit, check_body_headers, close_connection_if, respond, ApiError, AppState, PendingBody, Query,
 };
 use crate::actors::messages::{BatchChunk, BatchChunkError, BatchSubmitted, ChunksStaged};
+use crate::domain::audit::AuditEvent;
 use crate::domain::client_text;
 use crate::domain::{Priority, RecordError, ScanStatus, TenantId};
 use crate::metrics::StageTimer;
+use crate::store::audit_log;
 use crate::store::chunk_writes::ChunkSource;
 use crate::store::queries::{self, ScanRow};
 use crate::store::staging::{self, NewScan, StagedScan};
@@ -114,6 +116,14 @@ async fn submit_scan_inner(
         records_failed: prepared.records.records_failed as i32,
         errors: serde_json::to_value(&prepared.records.errors).unwrap_or_default(),
         idempotency_key_opt: prepared.idempotency_key_opt,
+        accepted_event: AuditEvent::scan_accepted(
+            &principal,
+            prepared.tenant_id,
+            prepared.scan_id,
+            prepared.records.records_total as i32,
+            prepared.records.records_failed as i32,
+            prepared.priority.as_str(),
+        ),
         chunks: prepared.records.chunks,
     };
     let defaults = crate::actors::tenant_defaults(&state.settings);
@@ -282,6 +292,11 @@ pub(super) fn tenant_from_query(query: &Query) -> Result<TenantId, ApiError> {
             "tham số truy vấn tenant_id là bắt buộc",
         )
     })?;
+    parse_tenant_id_param(text)
+}
+
+/// A `tenant_id` query parameter's value as a tenant id (400 otherwise).
+pub(super) fn parse_tenant_id_param(text: &str) -> Result<TenantId, ApiError> {
     Ok(parse_tenant_id(text)?)
 }
 
@@ -397,6 +412,17 @@ async fn submit_batch_inner(
             ),
         ));
     }
+    // A batch is not one transaction (each chunk commits on its own), so its entry is written
+    // once every chunk has settled, before the 201. A crash in between leaves committed chunks
+    // without an entry; the client, with no 201, retries the batch.
+    let event = AuditEvent::batch_committed(
+        &principal,
+        tenant_id,
+        uuid::Uuid::now_v7(),
+        records_created,
+        records_failed,
+    );
+    audit_log::record_alone(&state.pool, &event).await?;
     let success = unwritten.is_empty();
     let body = json!({
         "success": success,

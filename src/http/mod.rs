@@ -8,6 +8,7 @@
 
 mod admin;
 mod analytics;
+mod audit;
 mod auth;
 pub mod error;
 mod headers;
@@ -323,6 +324,20 @@ pub fn routes(
         .then(admin::replay_dead_letter)
         .boxed();
 
+    let read_audit = warp::path!("admin" / "audit")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(authorization)
+        .and(query)
+        .then(audit::read_audit)
+        .boxed();
+    let list_audit_archives = warp::path!("admin" / "audit" / "archives")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(authorization)
+        .then(audit::list_archives)
+        .boxed();
+
     let admin_routes = create_tenant
         .or(list_tenants)
         .unify()
@@ -341,6 +356,10 @@ pub fn routes(
         .or(list_dead_letters)
         .unify()
         .or(replay_dead_letter)
+        .unify()
+        .or(read_audit)
+        .unify()
+        .or(list_audit_archives)
         .unify()
         .boxed();
 

@@ -88,7 +88,10 @@ const TAKE_STAGED: &str = "DELETE FROM staged_chunks WHERE tenant_id = $1 AND ch
      RETURNING scan_id, record_count, payload, payload_encoding";
 
 /// Advances the scan and sets the transaction's `synchronous_commit`: `on` when this chunk
-/// finishes the scan, else `off` (PostgreSQL applies the value in force at `COMMIT`).
+/// finishes the scan, else `off` (PostgreSQL applies the value in force at `COMMIT`). The chunk
+/// that finishes the scan also writes its audit entry (`scan_` and the final status, event id
+/// `$5`), in the same statement and transaction: exactly one chunk brings a scan's counts to
+/// its total, so a finished scan has exactly one entry, and an unfinished one none.
 const ADVANCE_SCAN: &str = "WITH advanced AS (UPDATE scans SET \
         records_processed = records_processed + $3, \
         records_failed = records_failed + $4, \
@@ -101,7 +104,19 @@ const ADVANCE_SCAN: &str = "WITH advanced AS (UPDATE scans SET \
             WHEN records_processed + records_failed + $3 + $4 < records_total THEN NULL \
             ELSE now() END \
      WHERE tenant_id = $1 AND scan_id = $2 \
-     RETURNING status) \
+     RETURNING status, records_total, records_processed, records_failed), \
+     audited AS (INSERT INTO audit_log \
+        (tenant_id, occurred_at, event_id, actor, action, subject, details, summary, summary_vi) \
+        SELECT $1, now(), $5, 'engine', 'scan_' || status, $2::text, \
+            jsonb_build_object('records_total', records_total, \
+                'records_processed', records_processed, 'records_failed', records_failed), \
+            format('scan %s: %s of %s records written, %s failed', \
+                replace(status, '_', ' '), records_processed, records_total, records_failed), \
+            format('lượt quét %s: đã ghi %s/%s bản ghi, %s bản ghi lỗi', \
+                CASE status WHEN 'completed' THEN 'hoàn thành' \
+                    WHEN 'completed_with_errors' THEN 'hoàn thành có lỗi' ELSE 'thất bại' END, \
+                records_processed, records_total, records_failed) \
+        FROM advanced WHERE status <> 'processing') \
      SELECT status, set_config('synchronous_commit', \
         CASE status WHEN 'processing' THEN 'off' ELSE 'on' END, true) AS synchronous_commit \
      FROM advanced";
@@ -256,8 +271,10 @@ impl WriteConnection {
             Some(scan_id) => {
                 let written = outcome.written as i32;
                 let failed = outcome.dead_lettered as i32;
-                let parameters: [&(dyn ToSql + Sync); 4] =
-                    [&tenant_id.0, &scan_id, &written, &failed];
+                // Used only if this chunk finishes the scan.
+                let event_id = Uuid::now_v7();
+                let parameters: [&(dyn ToSql + Sync); 5] =
+                    [&tenant_id.0, &scan_id, &written, &failed, &event_id];
                 let (advanced, counted, committed) = tokio::join!(
                     client.query_opt(&self.advance_scan, &parameters),
                     client.execute(&self.count_activities, &count_parameters),

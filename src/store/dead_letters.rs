@@ -9,9 +9,10 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::audit_log;
 use super::chunk_writes::{copy_again, count_again};
-use super::governance::audit;
 use super::{Pool, StoreError};
+use crate::domain::audit::AuditEvent;
 use crate::domain::auth::Principal;
 use crate::domain::TenantId;
 
@@ -109,17 +110,8 @@ pub async fn replay(
                     .await?;
             }
             count_again(&transaction, tenant_id, payload).await?;
-            let after = serde_json::json!({ "replayed": true });
-            audit(
-                &transaction,
-                actor,
-                "dead_letter.replay",
-                Some(tenant_id),
-                &dead_letter_id.to_string(),
-                None,
-                Some(after),
-            )
-            .await?;
+            let event = AuditEvent::dead_letter_replayed(actor, tenant_id, dead_letter_id, None);
+            audit_log::record(&transaction, &event).await?;
             transaction.commit().await?;
             Ok(ReplayOutcome::Written { tenant_id })
         }
@@ -135,17 +127,9 @@ pub async fn replay(
                     &[&dead_letter_id, &message],
                 )
                 .await?;
-            let after = serde_json::json!({ "replayed": false, "error": message });
-            audit(
-                &transaction,
-                actor,
-                "dead_letter.replay",
-                Some(tenant_id),
-                &dead_letter_id.to_string(),
-                None,
-                Some(after),
-            )
-            .await?;
+            let event =
+                AuditEvent::dead_letter_replayed(actor, tenant_id, dead_letter_id, Some(&message));
+            audit_log::record(&transaction, &event).await?;
             transaction.commit().await?;
             Ok(ReplayOutcome::StillFailing {
                 tenant_id,

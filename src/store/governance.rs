@@ -1,14 +1,16 @@
-//! Tenants, API keys and the admin audit log.
+//! Tenants and API keys.
 //!
-//! Every change an admin makes is written in the same transaction as its `admin_audit` row, so
-//! the log never misses an action and never records one that did not happen.
+//! Every change an admin makes is written in the same transaction as its audit entry
+//! ([`audit_log::record`]), so the log never misses an action and never records one that did
+//! not happen.
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
 use super::staging::{TenantDefaults, TenantLimits};
-use super::{Pool, StoreError};
+use super::{audit_log, Pool, StoreError};
+use crate::domain::audit::{AuditAction, AuditEvent};
 use crate::domain::auth::{Principal, Scope};
 use crate::domain::TenantId;
 
@@ -98,16 +100,14 @@ pub async fn create_tenant(
         .ok_or_else(|| {
             StoreError::Corrupt("a tenant vanished inside its own transaction".into())
         })?;
-    audit(
-        &transaction,
+    let event = AuditEvent::tenant_changed(
         actor,
-        "tenant.create",
-        Some(tenant.tenant_id),
-        &tenant.tenant_id.to_string(),
+        AuditAction::TenantCreated,
+        tenant.tenant_id,
         None,
-        Some(tenant.audit_json()),
-    )
-    .await?;
+        tenant.audit_json(),
+    );
+    audit_log::record(&transaction, &event).await?;
     transaction.commit().await?;
     Ok(Some(tenant))
 }
@@ -161,7 +161,7 @@ pub async fn change_limits(
     pool: &Pool,
     actor: &Principal,
     tenant_id: TenantId,
-    action: &str,
+    action: AuditAction,
     change: LimitsChange,
 ) -> Result<Option<TenantRow>, StoreError> {
     let mut connection = super::connections::checkout(pool).await?;
@@ -189,16 +189,14 @@ pub async fn change_limits(
         .ok_or_else(|| {
             StoreError::Corrupt("a tenant vanished inside its own transaction".into())
         })?;
-    audit(
-        &transaction,
+    let event = AuditEvent::tenant_changed(
         actor,
         action,
-        Some(tenant_id),
-        &tenant_id.to_string(),
+        tenant_id,
         Some(before.audit_json()),
-        Some(after.audit_json()),
-    )
-    .await?;
+        after.audit_json(),
+    );
+    audit_log::record(&transaction, &event).await?;
     transaction.commit().await?;
     Ok(Some(after))
 }
@@ -293,14 +291,9 @@ pub async fn insert_key(
         )
         .await?;
     let after = json!({ "scope": scope.name(), "tenant_id": tenant_opt, "name": name });
-    audit(
+    audit_log::record(
         &transaction,
-        actor,
-        "key.mint",
-        tenant_opt,
-        &key_id.to_string(),
-        None,
-        Some(after),
+        &AuditEvent::key_minted(actor, key_id, tenant_opt, after),
     )
     .await?;
     transaction.commit().await?;
@@ -322,34 +315,8 @@ pub async fn revoke_key(pool: &Pool, actor: &Principal, key_id: Uuid) -> Result<
     };
     let tenant_opt: Option<Uuid> = row.get("tenant_id");
     let before = json!({ "scope": row.get::<_, &str>("scope"), "tenant_id": tenant_opt, "name": row.get::<_, &str>("name"), "revoked": false });
-    audit(
-        &transaction,
-        actor,
-        "key.revoke",
-        tenant_opt.map(TenantId),
-        &key_id.to_string(),
-        Some(before),
-        Some(json!({ "revoked": true })),
-    )
-    .await?;
+    let event = AuditEvent::key_revoked(actor, key_id, tenant_opt.map(TenantId), before);
+    audit_log::record(&transaction, &event).await?;
     transaction.commit().await?;
     Ok(true)
-}
-
-pub(super) async fn audit(
-    transaction: &tokio_postgres::Transaction<'_>,
-    actor: &Principal,
-    action: &str,
-    tenant_opt: Option<TenantId>,
-    target: &str,
-    before_opt: Option<serde_json::Value>,
-    after_opt: Option<serde_json::Value>,
-) -> Result<(), StoreError> {
-    transaction
-        .execute(
-            "INSERT INTO admin_audit (actor, action, target_tenant_id, target, before, after) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&actor.actor(), &action, &tenant_opt.map(|tenant| tenant.0), &target, &before_opt, &after_opt],
-        )
-        .await?;
-    Ok(())
 }

@@ -10,6 +10,7 @@
 //! role, inside a transaction that names its tenant ([`reads`]); row-level security then hides
 //! every other tenant's rows even from a query that forgot to filter.
 
+pub mod audit_log;
 pub mod chunk_writes;
 pub mod connections;
 pub mod copy_encoder;

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::queries::{self, ScanRow};
 use super::{Pool, StoreError};
+use crate::domain::audit::AuditEvent;
 use crate::domain::{Priority, TenantId};
 
 /// How long an idempotency key names its first scan.
@@ -99,6 +100,8 @@ pub struct NewScan {
     /// The first per-record errors, as stored JSON.
     pub errors: serde_json::Value,
     pub idempotency_key_opt: Option<String>,
+    /// Written with the scan (not for an idempotent repeat, which stages nothing).
+    pub accepted_event: AuditEvent,
     pub chunks: Vec<EncodedChunk>,
 }
 
@@ -219,6 +222,7 @@ pub async fn stage_scan(
         )
         .await?;
     let scan = ScanRow::from_row(&scan_row)?;
+    super::audit_log::record(&transaction, &new_scan.accepted_event).await?;
 
     let record_counts: Vec<i32> = new_scan
         .chunks

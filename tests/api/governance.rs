@@ -224,7 +224,12 @@ async fn tokens_and_scopes_decide_what_a_caller_may_do() {
         .get(0);
     assert_eq!(hashes, 2);
     let actions: Vec<String> = client
-        .query("SELECT action FROM admin_audit ORDER BY audit_id", &[])
+        .query(
+            "SELECT action FROM audit_log \
+             WHERE action NOT IN ('audit_maintenance', 'scan_accepted', 'scan_completed') \
+             ORDER BY occurred_at, event_id",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -233,11 +238,11 @@ async fn tokens_and_scopes_decide_what_a_caller_may_do() {
     assert_eq!(
         actions,
         vec![
-            "tenant.create",
-            "tenant.create",
-            "key.mint",
-            "key.mint",
-            "key.revoke"
+            "tenant_created",
+            "tenant_created",
+            "key_minted",
+            "key_minted",
+            "key_revoked"
         ]
     );
     app.stop().await;

@@ -1,6 +1,7 @@
 //! Integration tests: the real engine, real HTTP, a real PostgreSQL.
 
 mod admission;
+mod audit;
 mod batch;
 mod embedded;
 mod failures;
