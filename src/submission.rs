@@ -738,7 +738,10 @@ mod tests {
     fn every_error_message_is_safe_whatever_the_client_sent() {
         let tenant = Uuid::new_v4();
         let huge = "x".repeat(1 << 20);
+        // Found by the fuzzer: raw DEL characters, each shown as a six-character escape.
+        let deletes = "\u{7f}".repeat(2_000);
         let hostile_texts = [
+            deletes.as_str(),
             r"a\u0000b",
             r"a\ud800b",
             r"\u202eabc\u200b\u2066",

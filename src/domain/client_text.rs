@@ -18,21 +18,26 @@ pub const MESSAGE_MAX_CHARS: usize = 300;
 
 /// `text` made safe to store in PostgreSQL and to echo to a client or a log: characters that
 /// are invisible, reorder text or are refused by PostgreSQL escaped as `\uXXXX`, backslashes
-/// doubled, and at most `max_chars` characters of the original kept (then `…`).
+/// doubled, and cut (then `…`) so that what is shown holds at most `max_chars` characters,
+/// escapes included (a text of escapes is six times longer shown than sent).
 pub fn shown(text: &str, max_chars: usize) -> String {
     let mut result = String::with_capacity(text.len().min(max_chars * 4) + 3);
-    for (position, character) in text.chars().enumerate() {
-        if position == max_chars {
+    let mut shown_chars = 0;
+    for character in text.chars() {
+        let piece = if character == '\\' {
+            "\\\\".to_string()
+        } else if must_escape(character) {
+            format!("\\u{:04x}", character as u32)
+        } else {
+            character.to_string()
+        };
+        let piece_chars = piece.chars().count();
+        if shown_chars + piece_chars > max_chars {
             result.push('…');
             break;
         }
-        if character == '\\' {
-            result.push_str("\\\\");
-        } else if must_escape(character) {
-            result.push_str(&format!("\\u{:04x}", character as u32));
-        } else {
-            result.push(character);
-        }
+        shown_chars += piece_chars;
+        result.push_str(&piece);
     }
     result
 }
@@ -94,7 +99,13 @@ mod tests {
         assert!(result.ends_with('…'));
         assert_eq!(shown("abc", 3), "abc");
         assert_eq!(shown("abcd", 3), "abc…");
-        // Escapes count as one character of the original.
-        assert_eq!(shown("\u{0}\u{0}\u{0}\u{0}", 2), "\\u0000\\u0000…");
+        // The bound is on what is shown, escapes included.
+        assert_eq!(shown("\u{0}\u{0}\u{0}\u{0}", 13), "\\u0000\\u0000…");
+        let escapes = shown(&"\u{7f}".repeat(10_000), MESSAGE_MAX_CHARS);
+        assert!(
+            escapes.chars().count() <= MESSAGE_MAX_CHARS + 1,
+            "{}",
+            escapes.len()
+        );
     }
 }
