@@ -49,6 +49,23 @@ enum Command {
     Serve,
     /// Apply migrations and exit.
     Migrate,
+    /// The audit log's operator commands.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Run one maintenance pass (partitions, archive, retention), print what it did, and exit
+    /// (1 if a step failed).
+    Maintain,
+    /// Read an archive file back and print its rows, first and last time, size and sha256.
+    Verify {
+        /// A Parquet file written by the archive.
+        file: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +79,12 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings.log);
+    if let Some(Command::Audit {
+        command: AuditCommand::Verify { file },
+    }) = &cli.command
+    {
+        return verify_archive(file);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("http")
@@ -119,11 +142,68 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
             let application = Application::build(settings, &database_url).await?;
             application.run_until(termination_signal()).await
         }
+        Command::Audit {
+            command: AuditCommand::Maintain,
+        } => maintain(&settings, &database_url).await,
+        Command::Audit {
+            command: AuditCommand::Verify { .. },
+        } => unreachable!("verify is answered before any database is started"),
     };
     if let Some(mut cluster) = cluster_opt {
         tokio::task::spawn_blocking(move || cluster.stop()).await?;
     }
     outcome
+}
+
+/// `audit maintain`: migrations, then one maintenance pass, its summary on standard output.
+async fn maintain(settings: &Settings, database_url: &str) -> anyhow::Result<()> {
+    let config = connections::parse_url(
+        database_url,
+        Duration::from_secs(settings.database.connect_timeout_secs),
+    )?;
+    migrations::run(&config).await?;
+    let pool = connections::build_pool(
+        &config,
+        2,
+        Duration::from_secs(settings.database.pool_timeout_secs),
+    )
+    .await;
+    let report = ingest_engine::audit::maintenance::run_pass(&pool, &config, settings).await;
+    println!("{}", report.summary());
+    if report.succeeded() {
+        Ok(())
+    } else {
+        anyhow::bail!("a maintenance step failed / một bước bảo trì thất bại")
+    }
+}
+
+/// `audit verify FILE`: reads an archive back and prints what it holds.
+fn verify_archive(file: &std::path::Path) -> ExitCode {
+    match ingest_engine::audit::parquet_file::verify(file) {
+        Ok(summary) => {
+            let time = |micros_opt: Option<i64>| {
+                micros_opt
+                    .and_then(chrono::DateTime::from_timestamp_micros)
+                    .map_or_else(|| "-".to_string(), |time| time.to_rfc3339())
+            };
+            println!(
+                "file / tệp: {}\nrows / số dòng: {}\nfirst / đầu tiên: {}\nlast / cuối cùng: {}\nbytes / byte: {}\nsha256: {}",
+                file.display(),
+                summary.rows,
+                time(summary.first_occurred_at_micros_opt),
+                time(summary.last_occurred_at_micros_opt),
+                summary.bytes,
+                summary.sha256
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!(
+                "not a readable archive: {error:#}\nkhông phải tệp lưu trữ đọc được: {error:#}"
+            );
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The bootstrap admin token of an engine on its embedded default: generated once, kept beside

@@ -32,6 +32,8 @@ pub const REQUEST_DATABASE_ERRORS: &str = "ingest_request_database_errors_total"
 pub const HTTP_PROTOCOL_ERRORS: &str = "ingest_http_protocol_errors_total";
 pub const AUDIT_PARTITIONS_AHEAD: &str = "ingest_audit_partitions_ahead";
 pub const AUDIT_UPKEEP_RUNS: &str = "ingest_audit_upkeep_runs_total";
+pub const AUDIT_ARCHIVE_RUNS: &str = "ingest_audit_archive_runs_total";
+pub const AUDIT_ARCHIVED_ROWS: &str = "ingest_audit_archived_rows_total";
 pub const POOL_CONNECTIONS: &str = "ingest_pool_connections";
 pub const POOL_UTILIZATION: &str = "ingest_pool_utilization_ratio";
 pub const POSTGRES_CACHE_HIT_RATIO: &str = "ingest_postgres_cache_hit_ratio";
@@ -250,6 +252,16 @@ fn describe() {
         Unit::Count,
         "Audit upkeep runs of this instance, by outcome (ok, failed)."
     );
+    describe_counter!(
+        AUDIT_ARCHIVE_RUNS,
+        Unit::Count,
+        "Audit archive runs of this instance, by outcome (ok, failed)."
+    );
+    describe_counter!(
+        AUDIT_ARCHIVED_ROWS,
+        Unit::Count,
+        "Audit entries written to verified Parquet archives and dropped from PostgreSQL."
+    );
     describe_gauge!(
         POOL_CONNECTIONS,
         Unit::Count,
@@ -296,7 +308,9 @@ fn register_zeroes() {
     }
     for outcome in ["ok", "failed"] {
         metrics::counter!(AUDIT_UPKEEP_RUNS, "outcome" => outcome).increment(0);
+        metrics::counter!(AUDIT_ARCHIVE_RUNS, "outcome" => outcome).increment(0);
     }
+    metrics::counter!(AUDIT_ARCHIVED_ROWS).increment(0);
     for class in ["retryable", "data", "integrity", "other"] {
         metrics::counter!(REQUEST_DATABASE_ERRORS, "class" => class).increment(0);
     }

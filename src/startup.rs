@@ -18,6 +18,8 @@ use crate::store::migrations;
 /// A bound, ready application. Nothing is served until [`Application::run_until`].
 pub struct Application {
     address: SocketAddr,
+    /// For the connections of background jobs that need their own (the archive's).
+    database: tokio_postgres::Config,
     state: Arc<AppState>,
     server: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
     stop_server: oneshot::Sender<()>,
@@ -93,6 +95,7 @@ impl Application {
         tracing::info!(%address, "http listening");
         Ok(Application {
             address,
+            database,
             state,
             server: Box::pin(server),
             stop_server,
@@ -112,14 +115,17 @@ impl Application {
             Duration::from_secs(self.state.settings.metrics.sample_interval_secs.max(1)),
         ));
         let jobs = crate::jobs::Shutdown::new();
-        let audit_settings = self.state.settings.audit.clone();
-        let upkeep_interval = Duration::from_secs(audit_settings.maintenance_interval_secs.max(1));
+        let maintenance_interval =
+            Duration::from_secs(self.state.settings.audit.maintenance_interval_secs.max(1));
         let background = [jobs.spawn(
-            crate::audit::upkeep::UpkeepJob {
+            crate::audit::maintenance::MaintenanceJob {
                 pool: self.state.pool.clone(),
-                settings: audit_settings,
+                database: self.database.clone(),
+                settings: self.state.settings.clone(),
             },
-            upkeep_interval,
+            // Soon after start (a restarted engine does not postpone archive and retention),
+            // then at the interval.
+            maintenance_interval.min(Duration::from_secs(60)),
         )];
         shutdown.await;
         sampler.abort();

@@ -16,7 +16,7 @@ use crate::domain::audit::AuditEvent;
 use crate::store::audit_log::{self, UpkeepReport};
 use crate::store::{Pool, StoreError};
 
-/// A failed run is tried again this soon, not at the next interval.
+/// A failed maintenance pass is tried again this soon, not at the next interval.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
 /// One upkeep run.
@@ -72,25 +72,6 @@ pub async fn run_at_startup(
                 attempt += 1;
             }
             other => return other,
-        }
-    }
-}
-
-/// The upkeep as a background job.
-pub struct UpkeepJob {
-    pub pool: Pool,
-    pub settings: AuditSettings,
-}
-
-impl crate::jobs::Job for UpkeepJob {
-    fn name(&self) -> &'static str {
-        "audit_upkeep"
-    }
-
-    async fn run_once(&mut self) -> Duration {
-        match run(&self.pool, &self.settings).await {
-            Ok(_) => Duration::from_secs(self.settings.maintenance_interval_secs.max(1)),
-            Err(_) => RETRY_AFTER_FAILURE,
         }
     }
 }

@@ -28,11 +28,13 @@ pub enum AuditAction {
     KeyMinted,
     KeyRevoked,
     AuditMaintenance,
+    AuditArchived,
+    RetentionRun,
 }
 
 impl AuditAction {
     /// Every action name an entry can carry (what `GET /admin/audit?action=` accepts).
-    pub const NAMES: [&'static str; 14] = [
+    pub const NAMES: [&'static str; 16] = [
         "scan_accepted",
         "scan_completed",
         "scan_completed_with_errors",
@@ -47,6 +49,8 @@ impl AuditAction {
         "key_minted",
         "key_revoked",
         "audit_maintenance",
+        "audit_archived",
+        "retention_run",
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +67,8 @@ impl AuditAction {
             AuditAction::KeyMinted => "key_minted",
             AuditAction::KeyRevoked => "key_revoked",
             AuditAction::AuditMaintenance => "audit_maintenance",
+            AuditAction::AuditArchived => "audit_archived",
+            AuditAction::RetentionRun => "retention_run",
         }
     }
 }
@@ -267,6 +273,40 @@ impl AuditEvent {
             (
                 format!("audit upkeep: {created} monthly partitions created, {months_ahead} months ready ahead"),
                 format!("bảo trì nhật ký kiểm toán: đã tạo {created} phân vùng tháng, sẵn sàng {months_ahead} tháng tới"),
+            ),
+        )
+    }
+
+    /// One archive run: the months archived (verified files) and dropped.
+    pub fn audit_archived(months: &[String], rows: i64, bytes: i64) -> AuditEvent {
+        AuditEvent::new(
+            CLUSTER_TENANT,
+            ENGINE_ACTOR.to_string(),
+            AuditAction::AuditArchived,
+            months.join(","),
+            json!({ "months": months, "rows": rows, "bytes": bytes }),
+            (
+                format!("audit archive: {} months archived to Parquet and dropped, {rows} entries", months.len()),
+                format!("lưu trữ nhật ký kiểm toán: {} tháng đã ghi ra Parquet và xóa khỏi cơ sở dữ liệu, {rows} mục", months.len()),
+            ),
+        )
+    }
+
+    /// One retention run: finished scans and replayed dead letters deleted.
+    pub fn retention_run(
+        scan_days: u32,
+        scans_deleted: u64,
+        dead_letters_deleted: u64,
+    ) -> AuditEvent {
+        AuditEvent::new(
+            CLUSTER_TENANT,
+            ENGINE_ACTOR.to_string(),
+            AuditAction::RetentionRun,
+            format!("older_than_{scan_days}_days"),
+            json!({ "scan_days": scan_days, "scans_deleted": scans_deleted, "dead_letters_deleted": dead_letters_deleted }),
+            (
+                format!("retention: {scans_deleted} finished scans and {dead_letters_deleted} replayed dead letters older than {scan_days} days deleted"),
+                format!("lưu giữ dữ liệu: đã xóa {scans_deleted} lượt quét đã xong và {dead_letters_deleted} bản ghi lỗi đã ghi lại, cũ hơn {scan_days} ngày"),
             ),
         )
     }

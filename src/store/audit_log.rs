@@ -331,3 +331,206 @@ pub async fn archives(pool: &Pool) -> Result<Vec<ArchiveRow>, StoreError> {
         .await?;
     rows.iter().map(archive_from_row).collect()
 }
+
+/// A month's partition of the log, attached or left detached by an interrupted archive run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonthPartition {
+    /// The month's first day in the log's time zone.
+    pub month: NaiveDate,
+    pub table: String,
+    /// Still a partition of `audit_log` (false: detached, waiting to be dropped).
+    pub attached: bool,
+    /// A `DETACH … CONCURRENTLY` was interrupted: it must be finalized.
+    pub detach_pending: bool,
+}
+
+/// The log's month tables older than `retain_months` before the current month (in
+/// `time_zone`), oldest first: attached partitions, and tables an interrupted run detached.
+pub async fn months_to_archive(
+    client: &impl tokio_postgres::GenericClient,
+    time_zone: &str,
+    retain_months: u32,
+) -> Result<Vec<MonthPartition>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT to_date(substr(c.relname, 12, 4) || substr(c.relname, 17, 2) || '01', 'YYYYMMDD') AS month, \
+                    c.relname::text AS table_name, \
+                    i.inhrelid IS NOT NULL AS attached, \
+                    coalesce(i.inhdetachpending, false) AS detach_pending \
+             FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = current_schema() \
+             LEFT JOIN pg_inherits i ON i.inhrelid = c.oid AND i.inhparent = 'audit_log'::regclass \
+             WHERE c.relkind = 'r' AND c.relname ~ '^audit_log_y[0-9]{4}m[0-9]{2}$' \
+               AND to_date(substr(c.relname, 12, 4) || substr(c.relname, 17, 2) || '01', 'YYYYMMDD') \
+                   < (date_trunc('month', now() AT TIME ZONE $1) - make_interval(months => $2))::date \
+             ORDER BY month",
+            &[&time_zone, &(retain_months as i32)],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(MonthPartition {
+                month: row.try_get("month")?,
+                table: row.try_get("table_name")?,
+                attached: row.try_get("attached")?,
+                detach_pending: row.try_get("detach_pending")?,
+            })
+        })
+        .collect()
+}
+
+/// A month table's rows, first and last time (microseconds since the epoch, UTC).
+pub async fn month_summary(
+    client: &impl tokio_postgres::GenericClient,
+    table: &str,
+) -> Result<(i64, Option<i64>, Option<i64>), StoreError> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*) AS rows, \
+                        (extract(epoch FROM min(occurred_at)) * 1000000)::bigint AS first_micros, \
+                        (extract(epoch FROM max(occurred_at)) * 1000000)::bigint AS last_micros \
+                 FROM {}",
+                quoted(table)
+            ),
+            &[],
+        )
+        .await?;
+    Ok((
+        row.try_get("rows")?,
+        row.try_get("first_micros")?,
+        row.try_get("last_micros")?,
+    ))
+}
+
+/// Reads a month table in `(occurred_at, event_id)` order, `batch` rows at a time, handing each
+/// batch to `visit` (so a month of millions of entries is never held at once).
+pub async fn read_month(
+    client: &mut tokio_postgres::Client,
+    table: &str,
+    batch: usize,
+    mut visit: impl FnMut(Vec<crate::audit::parquet_file::ArchivedEntry>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use futures_util::{pin_mut, TryStreamExt};
+    let transaction = client.build_transaction().read_only(true).start().await?;
+    let statement = format!(
+        "SELECT tenant_id, (extract(epoch FROM occurred_at) * 1000000)::bigint AS occurred_at_micros, \
+                event_id, actor, action, subject, details::text AS details, summary, summary_vi \
+         FROM {} ORDER BY occurred_at, event_id",
+        quoted(table)
+    );
+    let rows = transaction
+        .query_raw(&statement, std::iter::empty::<&(dyn ToSql + Sync)>())
+        .await?;
+    pin_mut!(rows);
+    let mut entries = Vec::with_capacity(batch);
+    while let Some(row) = rows.try_next().await? {
+        entries.push(crate::audit::parquet_file::ArchivedEntry {
+            tenant_id: row.try_get("tenant_id")?,
+            occurred_at_micros: row.try_get("occurred_at_micros")?,
+            event_id: row.try_get("event_id")?,
+            actor: row.try_get("actor")?,
+            action: row.try_get("action")?,
+            subject: row.try_get("subject")?,
+            details: row.try_get("details")?,
+            summary: row.try_get("summary")?,
+            summary_vi: row.try_get("summary_vi")?,
+        });
+        if entries.len() == batch {
+            visit(std::mem::replace(&mut entries, Vec::with_capacity(batch)))?;
+        }
+    }
+    if !entries.is_empty() {
+        visit(entries)?;
+    }
+    transaction.commit().await?;
+    Ok(())
+}
+
+/// The catalogue's entry for `month`, if any.
+pub async fn catalogued(
+    client: &impl tokio_postgres::GenericClient,
+    month: NaiveDate,
+) -> Result<Option<ArchiveRow>, StoreError> {
+    client
+        .query_opt(
+            &format!("SELECT {ARCHIVE_COLUMNS} FROM audit_archives WHERE month = $1"),
+            &[&month],
+        )
+        .await?
+        .as_ref()
+        .map(archive_from_row)
+        .transpose()
+}
+
+/// Records (or, after a rewrite, replaces) a month's verified file in the catalogue.
+pub async fn catalogue(
+    client: &impl tokio_postgres::GenericClient,
+    archive: &ArchiveRow,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "INSERT INTO audit_archives (month, path, rows, bytes, sha256, first_occurred_at, last_occurred_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (month) DO UPDATE SET path = excluded.path, rows = excluded.rows, \
+                 bytes = excluded.bytes, sha256 = excluded.sha256, \
+                 first_occurred_at = excluded.first_occurred_at, \
+                 last_occurred_at = excluded.last_occurred_at, archived_at = now()",
+            &[
+                &archive.month,
+                &archive.path,
+                &archive.rows,
+                &archive.bytes,
+                &archive.sha256,
+                &archive.first_occurred_at_opt,
+                &archive.last_occurred_at_opt,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Detaches a month's partition without blocking the log's writers: `DETACH … CONCURRENTLY`
+/// (its own statement, outside any transaction), or `FINALIZE` for one an interrupted run left
+/// pending.
+pub async fn detach(
+    client: &tokio_postgres::Client,
+    partition: &MonthPartition,
+) -> Result<(), StoreError> {
+    let mode = if partition.detach_pending {
+        "FINALIZE"
+    } else {
+        "CONCURRENTLY"
+    };
+    client
+        .simple_query(&format!(
+            "ALTER TABLE audit_log DETACH PARTITION {} {mode}",
+            quoted(&partition.table)
+        ))
+        .await?;
+    Ok(())
+}
+
+/// Drops a detached month table.
+pub async fn drop_month(client: &tokio_postgres::Client, table: &str) -> Result<(), StoreError> {
+    client
+        .simple_query(&format!("DROP TABLE IF EXISTS {}", quoted(table)))
+        .await?;
+    Ok(())
+}
+
+/// A session lock held by the instance archiving (released when its connection closes): only
+/// one archives at a time. `false` if another instance holds it.
+pub async fn try_lock_archive(client: &tokio_postgres::Client) -> Result<bool, StoreError> {
+    let row = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&ARCHIVE_LOCK])
+        .await?;
+    Ok(row.get(0))
+}
+
+const ARCHIVE_LOCK: i64 = 0x6175_6469_745f_6172; // "audit_ar"
+
+/// A month table's name, quoted (it only ever matches `audit_log_yYYYYmMM`).
+fn quoted(table: &str) -> String {
+    format!("\"{}\"", table.replace('"', "\"\""))
+}

@@ -20,6 +20,7 @@ pub mod governance;
 pub mod migrations;
 pub mod queries;
 pub mod reads;
+pub mod retention;
 pub mod staging;
 
 pub use connections::{connect, Pool, ReadPool};

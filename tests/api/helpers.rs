@@ -258,6 +258,11 @@ impl TestApp {
         }
     }
 
+    /// A small pool on the test database, for calling the engine's own jobs directly.
+    pub async fn pool_for_tests(&self) -> ingest_engine::store::Pool {
+        connections::build_pool(&self.database, 2, Duration::from_secs(5)).await
+    }
+
     pub async fn db(&self) -> tokio_postgres::Client {
         connections::connect(&self.database)
             .await

@@ -1,6 +1,7 @@
 //! Integration tests: the real engine, real HTTP, a real PostgreSQL.
 
 mod admission;
+mod archive;
 mod audit;
 mod batch;
 mod embedded;
