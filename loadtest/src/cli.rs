@@ -88,6 +88,9 @@ pub enum Scenario {
     Fairness(FairnessOptions),
     /// Plain COPY into processing_activities, no engine involved.
     Baseline(BaselineOptions),
+    /// The audit log at size: millions of entries loaded by COPY, one tenant's month read
+    /// through GET /admin/audit, old months archived by `ingest-engine audit maintain`.
+    Audit(AuditOptions),
     /// scans, batch, mixed, fairness and baseline in sequence, each with its defaults.
     All,
 }
@@ -216,6 +219,37 @@ pub struct BaselineOptions {
     /// Rows per tenant.
     #[arg(long, default_value_t = DEFAULT_SCAN_RECORDS)]
     pub records: usize,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct AuditOptions {
+    /// Audit entries loaded.
+    #[arg(long, default_value_t = 12_000_000)]
+    pub rows: usize,
+    /// Months the entries are spread over, ending now.
+    #[arg(long, default_value_t = 24)]
+    pub months: u32,
+    /// Tenants the entries are spread over (round robin).
+    #[arg(long, default_value_t = 1_000)]
+    pub tenants: usize,
+    /// Reads of the first page of one tenant's last 30 days.
+    #[arg(long, default_value_t = 200)]
+    pub reads: usize,
+    /// Months kept by the archive run (`audit.retain_months`); older ones are archived.
+    #[arg(long, default_value_t = 12)]
+    pub retain_months: u32,
+    /// The engine's `audit.timezone`.
+    #[arg(long, default_value = "Asia/Ho_Chi_Minh")]
+    pub time_zone: String,
+    /// The engine binary whose `audit maintain` archives.
+    #[arg(long, default_value = "target/release/ingest-engine")]
+    pub engine_binary: std::path::PathBuf,
+    /// Where the archive writes its Parquet files.
+    #[arg(long, default_value = "/var/tmp/loadtest-audit-archive")]
+    pub archive_dir: std::path::PathBuf,
+    /// Load and read only.
+    #[arg(long)]
+    pub skip_archive: bool,
 }
 
 impl Default for ScansOptions {

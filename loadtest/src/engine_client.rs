@@ -22,6 +22,7 @@ pub const SCAN_STATUS: &str = "GET /data-scans/{scan_id}";
 pub const SUBMIT_BATCH: &str = "POST /batch/processing-activities";
 pub const ACTIVITIES_PAGE: &str = "GET /analytics/processing-activities";
 pub const COMPLIANCE_SUMMARY: &str = "GET /analytics/compliance-summary";
+pub const AUDIT_PAGE: &str = "GET /admin/audit";
 
 /// A client of one engine, shared by every request task of a scenario.
 #[derive(Clone)]
@@ -189,6 +190,23 @@ impl EngineClient {
             "/analytics/compliance-summary?tenant_id={tenant_id}"
         ));
         self.send(COMPLIANCE_SUMMARY, self.http.get(url)).await
+    }
+
+    /// A page of one tenant's audit entries since `from` (RFC 3339), 100 at most.
+    pub async fn audit_page(
+        &self,
+        tenant_id: Uuid,
+        from: &str,
+        cursor_opt: Option<&str>,
+    ) -> Result<Exchange, String> {
+        let mut path = format!(
+            "/admin/audit?tenant_id={tenant_id}&limit=100&from={}",
+            from.replace('+', "%2B")
+        );
+        if let Some(cursor) = cursor_opt {
+            path.push_str(&format!("&cursor={cursor}"));
+        }
+        self.send(AUDIT_PAGE, self.http.get(self.url(&path))).await
     }
 
     fn url(&self, path_and_query: &str) -> String {

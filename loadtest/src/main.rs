@@ -118,6 +118,7 @@ async fn run_scenario(context: &Context, scenario: &Scenario) -> ScenarioReport 
         Scenario::Mixed(options) => scenarios::mixed::run(context, options).await,
         Scenario::Fairness(options) => scenarios::fairness::run(context, options).await,
         Scenario::Baseline(options) => scenarios::baseline::run(context, options).await,
+        Scenario::Audit(options) => scenarios::audit::run(context, options).await,
         Scenario::All => unreachable!("`all` is expanded into its scenarios before running"),
     }
 }

@@ -116,6 +116,21 @@ async fn a_poison_record_is_dead_lettered_and_its_chunk_written_then_replayed_on
         "dead_letter_not_found",
     )
     .await;
+    // Each replay is one audit entry: the refused one and the one that wrote the record (the
+    // 409 and the 404 changed nothing and wrote none); the scan finished once.
+    for (action, entries) in [
+        ("dead_letter_replay_failed", 1),
+        ("dead_letter_replayed", 1),
+        ("scan_completed_with_errors", 1),
+    ] {
+        let counted = app
+            .count(
+                "SELECT count(*) FROM audit_log WHERE tenant_id = $1 AND action = $2",
+                &[&tenant, &action],
+            )
+            .await;
+        assert_eq!(counted, entries, "{action}");
+    }
     app.assert_activity_counts_are_exact().await;
     app.stop().await;
 }

@@ -5,6 +5,7 @@
 //! engine, verifies the rows in PostgreSQL, and returns a [`ScenarioReport`]. A refusal, a
 //! time-out or an unreadable answer is counted and reported; no scenario stops on one.
 
+pub mod audit;
 pub mod baseline;
 pub mod batch;
 pub mod fairness;
