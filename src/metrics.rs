@@ -1,8 +1,9 @@
 //! Every metric the engine exports, declared once with its description and unit.
 //!
 //! Names follow `ingest_<name>_<unit>[_total]`. Labels are low-cardinality and never carry
-//! personal data: routes are templates (`/data-scans/{scan_id}`), not paths; tenant ids appear
-//! only on the top-N backlog gauge, bounded by [`TOP_TENANTS`]. Counters are incremented once
+//! personal data: routes are templates (`/data-scans/{scan_id}`), not paths; regions are four
+//! values (`domain::Region`); tenant ids appear only on the top-N backlog gauge, bounded by
+//! [`TOP_TENANTS`]. Counters are incremented once
 //! per chunk, request or sample, never per record.
 
 use std::sync::OnceLock;
@@ -148,7 +149,8 @@ fn describe() {
     describe_counter!(
         RECORDS_WRITTEN,
         Unit::Count,
-        "Records committed to processing_activities."
+        "Records committed to processing_activities, by the tenant's region (north, central, \
+         south, unassigned)."
     );
     describe_counter!(
         RECORDS_FAILED,
@@ -158,7 +160,7 @@ fn describe() {
     describe_counter!(
         SCANS_FINISHED,
         Unit::Count,
-        "Scans that reached a final status, by status."
+        "Scans that reached a final status, by status and the tenant's region."
     );
     describe_counter!(
         HTTP_REQUESTS,
@@ -221,7 +223,7 @@ fn describe() {
     describe_counter!(
         DEAD_LETTERS,
         Unit::Count,
-        "Records moved to the dead-letter store."
+        "Records moved to the dead-letter store, by the tenant's region."
     );
     describe_counter!(
         CHUNKS_REFUSED,
@@ -288,23 +290,21 @@ fn describe() {
 /// Counters start at zero rather than absent, so `increase()` in alert rules sees the first
 /// event, and dashboards show 0 instead of "no data".
 fn register_zeroes() {
-    for name in [
-        RECORDS_WRITTEN,
-        WRITER_RESTARTS,
-        WRITE_RETRIES,
-        DEAD_LETTERS,
-        CHUNKS_REFUSED,
-    ] {
+    for name in [WRITER_RESTARTS, WRITE_RETRIES, CHUNKS_REFUSED] {
         metrics::counter!(name).increment(0);
+    }
+    for region in crate::domain::Region::ALL.map(crate::domain::Region::as_str) {
+        metrics::counter!(RECORDS_WRITTEN, "region" => region).increment(0);
+        metrics::counter!(DEAD_LETTERS, "region" => region).increment(0);
+        for status in ["completed", "completed_with_errors", "failed"] {
+            metrics::counter!(SCANS_FINISHED, "status" => status, "region" => region).increment(0);
+        }
     }
     for route in ["scan", "batch"] {
         metrics::counter!(RECORDS_ACCEPTED, "route" => route).increment(0);
     }
     for reason in ["invalid", "dead_letter", "unwritten"] {
         metrics::counter!(RECORDS_FAILED, "reason" => reason).increment(0);
-    }
-    for status in ["completed", "completed_with_errors", "failed"] {
-        metrics::counter!(SCANS_FINISHED, "status" => status).increment(0);
     }
     for outcome in ["ok", "failed"] {
         metrics::counter!(AUDIT_UPKEEP_RUNS, "outcome" => outcome).increment(0);
@@ -341,6 +341,7 @@ pub fn route_label(path: &str) -> &'static str {
         ["batch", "processing-activities"] => "/batch/processing-activities",
         ["analytics", "compliance-summary"] => "/analytics/compliance-summary",
         ["analytics", "processing-activities"] => "/analytics/processing-activities",
+        ["analytics", "regional-summary"] => "/analytics/regional-summary",
         ["admin", "tenants"] => "/admin/tenants",
         ["admin", "tenants", _] => "/admin/tenants/{tenant_id}",
         ["admin", "tenants", _, "limits"] => "/admin/tenants/{tenant_id}/limits",

@@ -3,7 +3,7 @@
 use actix::Message;
 use tokio::sync::oneshot;
 
-use crate::domain::{Priority, TenantId};
+use crate::domain::{Priority, Region, TenantId};
 use crate::store::chunk_writes::{ChunkOutcome, ChunkSource};
 use crate::store::staging::{ChunkRef, TenantLimits};
 use crate::store::StoreError;
@@ -14,6 +14,8 @@ use crate::store::StoreError;
 #[rtype(result = "Result<ChunkOutcome, StoreError>")]
 pub struct WriteChunk {
     pub tenant_id: TenantId,
+    /// The tenant's region, for the `region` label of the write metrics.
+    pub region: Region,
     pub source: ChunkSource,
 }
 

@@ -30,7 +30,7 @@ use super::messages::{
 use super::supervisor::TenantIdle;
 use super::token_bucket::TokenBucket;
 use super::writer::WriterPool;
-use crate::domain::{Priority, TenantId};
+use crate::domain::{Priority, Region, TenantId};
 use crate::store::chunk_writes::{ChunkOutcome, ChunkSource};
 use crate::store::staging::{self, ChunkRef, TenantDefaults, TenantLimits};
 use crate::store::{Pool, StoreError};
@@ -64,6 +64,8 @@ pub struct TenantActor {
     board: TenantBoard,
     bucket: TokenBucket,
     paused: bool,
+    /// The tenant's region (the `region` label of its write metrics), read with its limits.
+    region: Region,
     /// One queue per priority, most urgent first.
     queues: [VecDeque<Work>; 4],
     /// Staged chunks this actor holds (queued, in flight or waiting to retry): sweeps may
@@ -135,6 +137,7 @@ impl TenantActor {
             board,
             bucket: TokenBucket::new(defaults.records_per_second, defaults.burst),
             paused: false,
+            region: Region::Unassigned,
             queues: Default::default(),
             known_chunks: HashSet::new(),
             in_flight: 0,
@@ -151,6 +154,7 @@ impl TenantActor {
         self.bucket
             .set_limits(limits.records_per_second, limits.burst, Instant::now());
         self.paused = limits.paused;
+        self.region = limits.region;
     }
 
     /// How long `records` more would wait for this tenant's throttle, behind its queued work.
@@ -232,6 +236,7 @@ impl TenantActor {
         let writers = self.writers.clone();
         let message = WriteChunk {
             tenant_id: self.tenant_id,
+            region: self.region,
             source: work.source(),
         };
         let priority = work.priority();

@@ -30,7 +30,7 @@ use tokio_postgres::Config;
 
 use super::backoff::backoff;
 use super::messages::WriteChunk;
-use crate::domain::Priority;
+use crate::domain::{Priority, Region};
 use crate::store::chunk_writes::{ChunkOutcome, WriteConnection};
 use crate::store::StoreError;
 
@@ -164,7 +164,11 @@ impl Actor for Writer {
 
 /// One observation per chunk: duration, rows per second, records written and dead-lettered,
 /// and the scan it finished.
-fn record_chunk_metrics(elapsed: Duration, outcome: &Result<ChunkOutcome, StoreError>) {
+fn record_chunk_metrics(
+    elapsed: Duration,
+    region: Region,
+    outcome: &Result<ChunkOutcome, StoreError>,
+) {
     let Ok(outcome) = outcome else {
         return;
     };
@@ -176,14 +180,18 @@ fn record_chunk_metrics(elapsed: Duration, outcome: &Result<ChunkOutcome, StoreE
         metrics::gauge!(crate::metrics::COPY_ROWS_PER_SECOND)
             .set(outcome.written as f64 / elapsed.as_secs_f64());
     }
-    metrics::counter!(crate::metrics::RECORDS_WRITTEN).increment(outcome.written);
+    let region = region.as_str();
+    metrics::counter!(crate::metrics::RECORDS_WRITTEN, "region" => region)
+        .increment(outcome.written);
     if outcome.dead_lettered > 0 {
-        metrics::counter!(crate::metrics::DEAD_LETTERS).increment(outcome.dead_lettered);
+        metrics::counter!(crate::metrics::DEAD_LETTERS, "region" => region)
+            .increment(outcome.dead_lettered);
         metrics::counter!(crate::metrics::RECORDS_FAILED, "reason" => "dead_letter")
             .increment(outcome.dead_lettered);
     }
     if let Some(status) = outcome.finished_scan_opt {
-        metrics::counter!(crate::metrics::SCANS_FINISHED, "status" => status.as_str()).increment(1);
+        metrics::counter!(crate::metrics::SCANS_FINISHED, "status" => status.as_str(), "region" => region)
+            .increment(1);
     }
 }
 
@@ -223,7 +231,7 @@ impl Handler<WriteChunk> for Writer {
             let outcome = connection
                 .apply_chunk(message.tenant_id, &message.source)
                 .await;
-            record_chunk_metrics(started.elapsed(), &outcome);
+            record_chunk_metrics(started.elapsed(), message.region, &outcome);
             (outcome, Some(connection), attempt)
         };
         // A panic while writing must not take the actor system down: it becomes a retryable

@@ -46,9 +46,19 @@ pub enum Denial {
     AdminOnly,
     /// The tenant is outside the key's scope.
     OtherTenant,
+    /// The route spans every tenant: admin or service keys only.
+    PlatformOnly,
 }
 
 impl Principal {
+    /// Admin or service scope: routes that span every tenant.
+    pub fn require_platform(&self) -> Result<(), Denial> {
+        match self.scope {
+            Scope::Admin | Scope::Service => Ok(()),
+            Scope::Tenant(_) => Err(Denial::PlatformOnly),
+        }
+    }
+
     pub fn require_admin(&self) -> Result<(), Denial> {
         match self.scope {
             Scope::Admin => Ok(()),

@@ -7,9 +7,11 @@ pub mod audit;
 pub mod auth;
 pub mod client_text;
 pub mod record;
+pub mod region;
 pub mod scan;
 
 pub use record::{PdplCategory, ProcessingActivity, RecordSeed};
+pub use region::Region;
 pub use scan::{Priority, ScanStatus};
 
 use serde::Serialize;

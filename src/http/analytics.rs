@@ -1,5 +1,6 @@
-//! The dashboard's read routes: `GET /analytics/compliance-summary` and
-//! `GET /analytics/processing-activities`, both on the read pool.
+//! The dashboard's read routes: `GET /analytics/compliance-summary`,
+//! `GET /analytics/processing-activities` and the operators' `GET /analytics/regional-summary`,
+//! all on the read pool.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use uuid::Uuid;
 use warp::reply::Response;
 use warp::Reply;
 
-use super::auth::authorized_tenant;
+use super::auth::{authenticate, authorized_tenant};
 use super::headers::HeaderText;
 use super::{respond, ApiError, AppState, Query};
 use crate::store::reads::{self, ActivityRow, PageStart};
@@ -49,6 +50,49 @@ async fn compliance_summary_inner(
         "categories": categories,
     });
     Ok(warp::reply::json(&body).into_response())
+}
+
+pub async fn regional_summary(state: Arc<AppState>, authorization: HeaderText) -> Response {
+    respond(
+        async {
+            let principal = authenticate(&state, &authorization).await?;
+            principal.require_platform()?;
+            let summaries = reads::regional_summary(&state.read_pool).await?;
+            let regions: Vec<serde_json::Value> = summaries
+                .iter()
+                .map(|summary| {
+                    let categories: Vec<serde_json::Value> = summary
+                        .categories
+                        .iter()
+                        .map(|(category, count)| {
+                            json!({
+                                "category": category.as_str(),
+                                "category_vi": category.as_str_vi(),
+                                "count": count,
+                            })
+                        })
+                        .collect();
+                    json!({
+                        "region": summary.region.as_str(),
+                        "region_vi": summary.region.as_str_vi(),
+                        "tenants": summary.tenants,
+                        "activities": summary.categories.iter().map(|(_, count)| count).sum::<i64>(),
+                        "categories": categories,
+                    })
+                })
+                .collect();
+            let body = json!({
+                "total_tenants": summaries.iter().map(|summary| summary.tenants).sum::<i64>(),
+                "total_activities": summaries
+                    .iter()
+                    .flat_map(|summary| summary.categories.iter().map(|(_, count)| count))
+                    .sum::<i64>(),
+                "regions": regions,
+            });
+            Ok(warp::reply::json(&body).into_response())
+        }
+        .await,
+    )
 }
 
 pub async fn processing_activities(

@@ -96,6 +96,12 @@ pub fn denied(denial: Denial) -> ApiError {
             "this route needs an admin key",
             "đường dẫn này cần khóa quản trị (admin)",
         ),
+        Denial::PlatformOnly => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "platform_scope_required",
+            "this route spans every tenant and needs an admin or service key",
+            "đường dẫn này bao gồm mọi tổ chức và cần khóa quản trị (admin) hoặc dịch vụ (service)",
+        ),
         Denial::OtherTenant => ApiError::new(
             StatusCode::FORBIDDEN,
             "tenant_out_of_scope",

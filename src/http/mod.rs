@@ -258,6 +258,13 @@ pub fn routes(
         .then(analytics::processing_activities)
         .boxed();
 
+    let regional_summary = warp::path!("analytics" / "regional-summary")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(authorization)
+        .then(analytics::regional_summary)
+        .boxed();
+
     let create_tenant = warp::path!("admin" / "tenants")
         .and(warp::post())
         .and(with_state.clone())
@@ -383,6 +390,8 @@ pub fn routes(
         .or(compliance_summary)
         .unify()
         .or(processing_activities)
+        .unify()
+        .or(regional_summary)
         .unify()
         .recover(recover)
         .unify();

@@ -12,7 +12,7 @@ use super::staging::{TenantDefaults, TenantLimits};
 use super::{audit_log, Pool, StoreError};
 use crate::domain::audit::{AuditAction, AuditEvent};
 use crate::domain::auth::{Principal, Scope};
-use crate::domain::TenantId;
+use crate::domain::{Region, TenantId};
 
 /// A tenant as stored, with its backlog of staged records.
 #[derive(Debug, Clone)]
@@ -52,6 +52,7 @@ fn tenant_from_row(row: &tokio_postgres::Row) -> Result<TenantRow, StoreError> {
             burst: row.try_get("burst")?,
             max_backlog_records: row.try_get("max_backlog_records")?,
             paused: row.try_get("paused")?,
+            region: Region::of(row.try_get("region")?),
         },
         backlog_records: row.try_get("backlog_records")?,
         created_at: row.try_get("created_at")?,
@@ -210,7 +211,7 @@ pub async fn limits_of(
     let ids: Vec<Uuid> = tenant_ids.iter().map(|tenant| tenant.0).collect();
     let rows = connection
         .query(
-            "SELECT tenant_id, records_per_second, burst, max_backlog_records, paused FROM tenants WHERE tenant_id = ANY($1)",
+            "SELECT tenant_id, records_per_second, burst, max_backlog_records, paused, region FROM tenants WHERE tenant_id = ANY($1)",
             &[&ids],
         )
         .await?;
@@ -224,6 +225,7 @@ pub async fn limits_of(
                     burst: row.get("burst"),
                     max_backlog_records: row.get("max_backlog_records"),
                     paused: row.get("paused"),
+                    region: Region::of(row.get("region")),
                 },
             )
         })

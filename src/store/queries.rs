@@ -9,9 +9,26 @@ use super::{Pool, ReadPool, StoreError};
 use crate::domain::{Priority, RecordError, ScanStatus, TenantId};
 
 /// The columns [`ScanRow::from_row`] reads.
-pub const SCAN_COLUMNS: &str =
-    "tenant_id, scan_id, status, priority, records_total, records_processed, \
-     records_failed, errors, created_at, started_at, completed_at";
+macro_rules! scan_columns {
+    () => {
+        "tenant_id, scan_id, status, priority, records_total, records_processed, \
+         records_failed, errors, created_at, started_at, completed_at"
+    };
+}
+pub const SCAN_COLUMNS: &str = scan_columns!();
+
+/// The scan reads, public so a test can check their plans under the reader role.
+pub const SCAN_STATUS_SQL: &str = concat!(
+    "SELECT ",
+    scan_columns!(),
+    " FROM scans WHERE tenant_id = $1 AND scan_id = $2"
+);
+pub const SCAN_LIST_SQL: &str = concat!(
+    "SELECT ",
+    scan_columns!(),
+    " FROM scans WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2) \
+     ORDER BY created_at DESC LIMIT $3"
+);
 
 /// A scan as stored.
 #[derive(Debug, Clone)]
@@ -63,7 +80,7 @@ pub async fn scan(
     let transaction = begin_tenant_read(&mut connection, tenant_id).await?;
     let row_opt = transaction
         .query_typed_opt(
-            &format!("SELECT {SCAN_COLUMNS} FROM scans WHERE tenant_id = $1 AND scan_id = $2"),
+            SCAN_STATUS_SQL,
             &[(&tenant_id.0, Type::UUID), (&scan_id, Type::UUID)],
         )
         .await?;
@@ -83,10 +100,7 @@ pub async fn scans(
     let status_text_opt = status_opt.map(ScanStatus::as_str);
     let rows = transaction
         .query_typed(
-            &format!(
-                "SELECT {SCAN_COLUMNS} FROM scans WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2) \
-                 ORDER BY created_at DESC LIMIT $3"
-            ),
+            SCAN_LIST_SQL,
             &[
                 (&tenant_id.0, Type::UUID),
                 (&status_text_opt, Type::TEXT),

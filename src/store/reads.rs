@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::connections::ReadPool;
 use super::StoreError;
-use crate::domain::{PdplCategory, TenantId};
+use crate::domain::{PdplCategory, Region, TenantId};
 
 /// How many activities a tenant has in each category.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,10 +97,7 @@ pub async fn compliance_summary(
     let mut connection = pool.get().await?;
     let transaction = begin_tenant_read(&mut connection, tenant_id).await?;
     let rows = transaction
-        .query_typed(
-            "SELECT pdpl_category, activities FROM activity_counts WHERE tenant_id = $1",
-            &[(&tenant_id.0, Type::UUID)],
-        )
+        .query_typed(COMPLIANCE_SUMMARY_SQL, &[(&tenant_id.0, Type::UUID)])
         .await?;
     transaction.commit().await?;
 
@@ -125,9 +122,27 @@ pub async fn compliance_summary(
 }
 
 /// The columns [`ActivityRow::from_row`] reads.
-const ACTIVITY_COLUMNS: &str =
-    "id, tenant_id, scan_id, record_index, activity_name, pdpl_category, data_fields, \
-     purpose, legal_basis, retention_period, data_recipients, created_at";
+macro_rules! activity_columns {
+    () => {
+        "id, tenant_id, scan_id, record_index, activity_name, pdpl_category, data_fields, \
+         purpose, legal_basis, retention_period, data_recipients, created_at"
+    };
+}
+
+/// The dashboard's statements, public so a test can check their plans under the reader role
+/// (each must find a tenant's rows through an index condition on `tenant_id`).
+pub const COMPLIANCE_SUMMARY_SQL: &str =
+    "SELECT pdpl_category, activities FROM activity_counts WHERE tenant_id = $1";
+pub const ACTIVITIES_BY_OFFSET_SQL: &str = concat!(
+    "SELECT ",
+    activity_columns!(),
+    " FROM processing_activities WHERE tenant_id = $1 ORDER BY id OFFSET $2 LIMIT $3"
+);
+pub const ACTIVITIES_AFTER_SQL: &str = concat!(
+    "SELECT ",
+    activity_columns!(),
+    " FROM processing_activities WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+);
 
 /// One page of a tenant's activities in id order, at most `limit` long.
 pub async fn activities_page(
@@ -144,10 +159,7 @@ pub async fn activities_page(
         PageStart::Offset(skip) => {
             transaction
                 .query_typed(
-                    &format!(
-                        "SELECT {ACTIVITY_COLUMNS} FROM processing_activities \
-                         WHERE tenant_id = $1 ORDER BY id OFFSET $2 LIMIT $3"
-                    ),
+                    ACTIVITIES_BY_OFFSET_SQL,
                     &[
                         (&tenant_id.0, Type::UUID),
                         (&skip, Type::INT8),
@@ -159,10 +171,7 @@ pub async fn activities_page(
         PageStart::After(after) => {
             transaction
                 .query_typed(
-                    &format!(
-                        "SELECT {ACTIVITY_COLUMNS} FROM processing_activities \
-                         WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3"
-                    ),
+                    ACTIVITIES_AFTER_SQL,
                     &[
                         (&tenant_id.0, Type::UUID),
                         (&after, Type::UUID),
@@ -189,6 +198,66 @@ pub async fn activities_page(
         activities,
         next_after_opt,
     })
+}
+
+/// One region of the operators' summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionSummary {
+    pub region: Region,
+    pub tenants: i64,
+    /// Every category, zeros included, in [`PdplCategory::ALL`] order.
+    pub categories: Vec<(PdplCategory, i64)>,
+}
+
+/// Tenants and activities per category, per region (every region, zeros included): counts
+/// only, read through `ingest_regional_summary()` (migration V9), which spans the tenants that
+/// row-level security hides from the reader role.
+pub async fn regional_summary(pool: &ReadPool) -> Result<Vec<RegionSummary>, StoreError> {
+    let mut connection = pool.get().await?;
+    let transaction = connection
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await?;
+    let rows = transaction
+        .query_typed(
+            "SELECT region, tenants, pdpl_category, activities FROM ingest_regional_summary()",
+            &[],
+        )
+        .await?;
+    transaction.commit().await?;
+    let mut summaries: Vec<RegionSummary> = Region::ALL
+        .into_iter()
+        .map(|region| RegionSummary {
+            region,
+            tenants: 0,
+            categories: PdplCategory::ALL
+                .into_iter()
+                .map(|category| (category, 0))
+                .collect(),
+        })
+        .collect();
+    for row in &rows {
+        let region = Region::of(row.try_get::<_, Option<&str>>("region")?);
+        let summary = summaries
+            .iter_mut()
+            .find(|summary| summary.region == region)
+            .ok_or_else(|| StoreError::Corrupt("a region outside Region::ALL".into()))?;
+        summary.tenants = row.try_get("tenants")?;
+        if let Some(text) = row.try_get::<_, Option<&str>>("pdpl_category")? {
+            let category = PdplCategory::parse(text)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown pdpl_category {text:?}")))?;
+            let activities: i64 = row.try_get("activities")?;
+            if let Some(entry) = summary
+                .categories
+                .iter_mut()
+                .find(|(known, _)| *known == category)
+            {
+                entry.1 = activities;
+            }
+        }
+    }
+    Ok(summaries)
 }
 
 /// One round trip on a read-pool connection; returns the role it reads as.

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::queries::{self, ScanRow};
 use super::{Pool, StoreError};
 use crate::domain::audit::AuditEvent;
+use crate::domain::Region;
 use crate::domain::{Priority, TenantId};
 
 /// How long an idempotency key names its first scan.
@@ -122,13 +123,14 @@ pub enum StagedScan {
     },
 }
 
-/// A tenant's write settings.
+/// A tenant's write settings, and its region (the `region` label of its metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TenantLimits {
     pub records_per_second: i64,
     pub burst: i64,
     pub max_backlog_records: i64,
     pub paused: bool,
+    pub region: Region,
 }
 
 /// Commits `new_scan` and its chunks in one transaction.
@@ -297,7 +299,7 @@ pub async fn tenant_limits(
     ensure_tenant(&*connection, tenant_id, defaults).await?;
     let row = connection
         .query_one(
-            "SELECT records_per_second, burst, max_backlog_records, paused FROM tenants WHERE tenant_id = $1",
+            "SELECT records_per_second, burst, max_backlog_records, paused, region FROM tenants WHERE tenant_id = $1",
             &[&tenant_id.0],
         )
         .await?;
@@ -306,6 +308,7 @@ pub async fn tenant_limits(
         burst: row.get("burst"),
         max_backlog_records: row.get("max_backlog_records"),
         paused: row.get("paused"),
+        region: Region::of(row.get("region")),
     })
 }
 

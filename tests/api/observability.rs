@@ -235,7 +235,12 @@ async fn a_real_prometheus_scrapes_records_written_and_chunk_write_times() {
     let http = http_client();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let written = query_value(&http, &prometheus.address, "ingest_records_written_total").await;
+        let written = query_value(
+            &http,
+            &prometheus.address,
+            "sum(ingest_records_written_total)",
+        )
+        .await;
         let chunk_writes = query_value(
             &http,
             &prometheus.address,

@@ -539,3 +539,209 @@ async fn a_saturated_read_pool_is_reported_and_does_not_stop_submissions() {
     assert_eq!(blocked_read.await.unwrap(), 200);
     app.stop().await;
 }
+
+/// The operators' regional summary counts tenants and activities per region and category as
+/// the table holds them (zeros included), for admin and service keys only.
+#[tokio::test]
+async fn the_regional_summary_counts_each_region_and_category() {
+    let app = spawn_app().await;
+    let mut expected_tenants = std::collections::BTreeMap::new();
+    let mut some_tenant = Uuid::nil();
+    for (region_opt, count) in [(Some("north"), 2), (Some("south"), 1), (None, 1)] {
+        for _ in 0..count {
+            let tenant = Uuid::new_v4();
+            some_tenant = tenant;
+            let mut body = json!({ "tenant_id": tenant, "name": "Công ty" });
+            if let Some(region) = region_opt {
+                body["region"] = json!(region);
+            }
+            assert_eq!(app.post_json("/admin/tenants", &body).await.status(), 201);
+            post_batch(
+                &app,
+                tenant,
+                (0..7)
+                    .map(|index| {
+                        categorised(
+                            [
+                                "Category 1: Sensitive Personal Data",
+                                "Category 3: Public Data",
+                            ][index % 2],
+                            index,
+                        )
+                    })
+                    .collect(),
+            )
+            .await;
+            *expected_tenants
+                .entry(region_opt.unwrap_or("unassigned"))
+                .or_insert(0) += 1;
+        }
+    }
+    let summary = get_json(&app, "/analytics/regional-summary").await;
+    let regions = summary["regions"].as_array().unwrap();
+    assert_eq!(regions.len(), 4, "{summary}");
+    let client = app.db().await;
+    for region in regions {
+        let name = region["region"].as_str().unwrap();
+        let tenants = expected_tenants.get(name).copied().unwrap_or(0);
+        assert_eq!(region["tenants"], tenants, "{summary}");
+        for category in region["categories"].as_array().unwrap() {
+            let counted: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM processing_activities a JOIN tenants t USING (tenant_id) \
+                     WHERE coalesce(t.region, 'unassigned') = $1 AND a.pdpl_category = $2",
+                    &[&name, &category["category"].as_str().unwrap()],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(category["count"], counted, "{name}: {summary}");
+        }
+    }
+    assert_eq!(summary["total_activities"], 28);
+    assert_eq!(regions[0]["region_vi"], "Miền Bắc");
+    // A tenant key gets 403.
+    let minted: Value = app
+        .post_json(
+            "/admin/keys",
+            &json!({ "scope": "tenant", "tenant_id": some_tenant }),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let denied = app
+        .request_as(
+            reqwest::Method::GET,
+            "/analytics/regional-summary",
+            minted["token"].as_str(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    app.stop().await;
+}
+
+/// A statement's parameters with the types the engine binds them with.
+type TypedParameters<'a> = Vec<(
+    &'a (dyn tokio_postgres::types::ToSql + Sync),
+    tokio_postgres::types::Type,
+)>;
+
+/// Whether an EXPLAIN (FORMAT JSON) plan holds an index scan whose index condition is on
+/// `tenant_id`.
+fn uses_tenant_index_condition(plan: &Value) -> bool {
+    match plan {
+        Value::Object(node) => {
+            let is_index_scan = node
+                .get("Node Type")
+                .and_then(Value::as_str)
+                .is_some_and(|kind| {
+                    matches!(kind, "Index Scan" | "Index Only Scan" | "Bitmap Index Scan")
+                });
+            let on_tenant = node
+                .get("Index Cond")
+                .and_then(Value::as_str)
+                .is_some_and(|condition| condition.contains("tenant_id"));
+            (is_index_scan && on_tenant) || node.values().any(uses_tenant_index_condition)
+        }
+        Value::Array(items) => items.iter().any(uses_tenant_index_condition),
+        _ => false,
+    }
+}
+
+/// Regression guard: every dashboard statement, planned as the reader role for one tenant
+/// (row-level security on), finds the tenant's rows through an index condition on
+/// `tenant_id`, on tables big enough that a sequential scan would be planned otherwise.
+#[tokio::test]
+async fn every_dashboard_query_reads_through_an_index_condition_on_tenant_id() {
+    use ingest_engine::store::{queries, reads};
+    use tokio_postgres::types::Type;
+    let app = spawn_app().await;
+    let tenants: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+    for tenant in &tenants {
+        insert_activities(&app, *tenant, 2_000).await;
+        for _ in 0..20 {
+            insert_scan(&app, *tenant).await;
+        }
+    }
+    let client = app.db().await;
+    client
+        .batch_execute(
+            "INSERT INTO activity_counts (tenant_id, pdpl_category, activities) \
+             SELECT gen_random_uuid(), c, 10 FROM generate_series(1, 5000), \
+                 unnest(ARRAY['Category 1: Sensitive Personal Data', 'Category 2: Basic Personal Data']) AS c; \
+             ANALYZE processing_activities; ANALYZE scans; ANALYZE activity_counts;",
+        )
+        .await
+        .unwrap();
+    let tenant = tenants[7];
+    let (skip, limit, after, scan_id) = (1_000i64, 101i64, Uuid::nil(), Uuid::new_v4());
+    let status_opt: Option<&str> = None;
+    let statements: Vec<(&str, &str, TypedParameters)> = vec![
+        (
+            "compliance summary",
+            reads::COMPLIANCE_SUMMARY_SQL,
+            vec![(&tenant, Type::UUID)],
+        ),
+        (
+            "activities by offset",
+            reads::ACTIVITIES_BY_OFFSET_SQL,
+            vec![
+                (&tenant, Type::UUID),
+                (&skip, Type::INT8),
+                (&limit, Type::INT8),
+            ],
+        ),
+        (
+            "activities by cursor",
+            reads::ACTIVITIES_AFTER_SQL,
+            vec![
+                (&tenant, Type::UUID),
+                (&after, Type::UUID),
+                (&limit, Type::INT8),
+            ],
+        ),
+        (
+            "scan status",
+            queries::SCAN_STATUS_SQL,
+            vec![(&tenant, Type::UUID), (&scan_id, Type::UUID)],
+        ),
+        (
+            "scan list",
+            queries::SCAN_LIST_SQL,
+            vec![
+                (&tenant, Type::UUID),
+                (&status_opt, Type::TEXT),
+                (&limit, Type::INT8),
+            ],
+        ),
+    ];
+    let mut client = client;
+    for (name, sql, parameters) in statements {
+        let transaction = client.transaction().await.unwrap();
+        transaction
+            .batch_execute("SET LOCAL ROLE ingest_reader")
+            .await
+            .unwrap();
+        transaction
+            .execute(
+                "SELECT set_config('app.tenant_id', $1, true)",
+                &[&tenant.to_string()],
+            )
+            .await
+            .unwrap();
+        let rows = transaction
+            .query_typed(&format!("EXPLAIN (FORMAT JSON) {sql}"), &parameters)
+            .await
+            .unwrap();
+        let plan: Value = rows[0].get(0);
+        transaction.rollback().await.unwrap();
+        assert!(
+            uses_tenant_index_condition(&plan),
+            "{name}: no index condition on tenant_id: {plan}"
+        );
+    }
+    app.stop().await;
+}
