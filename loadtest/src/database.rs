@@ -5,9 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::SinkExt;
@@ -16,7 +13,6 @@ use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
 use crate::copy_encoding::COPY_COLUMNS;
-use crate::statistics::{Timeline, TimelinePoint};
 
 /// The line of `postmaster.pid` that holds the port (PostgreSQL's `LOCK_FILE_LINE_PORT`).
 const POSTMASTER_PORT_LINE: usize = 4;
@@ -196,96 +192,6 @@ pub async fn copy_rows(client: &Client, stream: Bytes) -> Result<u64, String> {
         .finish()
         .await
         .map_err(|error| format!("finishing COPY failed: {error}"))
-}
-
-/// Rows inserted into `processing_activities` per second, whoever inserted them, read from
-/// PostgreSQL's cumulative statistics (`pg_stat_user_tables.n_tup_ins`) on its own connection.
-///
-/// The load test cannot see the engine's writes any other way while a submission is still
-/// being answered: status polls only start after the 202, and a large scan's 202 can take
-/// longer than writing it. Counting rows instead (`count(*)` each second) would cost the
-/// database real work on a two-core machine; reading the statistics costs nothing. Two
-/// caveats: rows of rolled-back transactions count too, and a backend publishes its counts at
-/// most once a second, or up to 10 s after it goes idle, so [`InsertRateSampler::finish`] waits
-/// for the rows it expects.
-pub struct InsertRateSampler {
-    /// Set by `finish`; the sampling task takes one last sample and returns its timeline.
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Result<Vec<TimelinePoint>, String>>,
-    rows_at_start: i64,
-    latest_rows: Arc<AtomicI64>,
-}
-
-/// How often the statistics are read.
-const INSERT_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Longest wait at the end for the statistics to show the rows expected: PostgreSQL flushes
-/// an idle backend's counts after at most 10 s.
-const STATISTICS_FLUSH_WAIT: Duration = Duration::from_secs(11);
-
-impl InsertRateSampler {
-    /// Connects and starts sampling; its timeline's second 0 starts now.
-    pub async fn start(database_url: &str) -> Result<InsertRateSampler, String> {
-        let client = connect(database_url).await?;
-        let rows_at_start = inserted_rows(&client).await?;
-        let started = Instant::now();
-        let stop = Arc::new(AtomicBool::new(false));
-        let latest_rows = Arc::new(AtomicI64::new(rows_at_start));
-        let task = tokio::spawn({
-            let (stop, latest_rows) = (stop.clone(), latest_rows.clone());
-            async move {
-                let timeline = Timeline::starting_at(started);
-                let mut previous_rows = rows_at_start;
-                loop {
-                    let stopping = stop.load(Ordering::Relaxed);
-                    tokio::time::sleep(INSERT_SAMPLE_INTERVAL).await;
-                    let rows = inserted_rows(&client).await?;
-                    if rows > previous_rows {
-                        timeline.add((rows - previous_rows) as u64);
-                        previous_rows = rows;
-                        latest_rows.store(rows, Ordering::Relaxed);
-                    }
-                    if stopping {
-                        return Ok(timeline.points());
-                    }
-                }
-            }
-        });
-        Ok(InsertRateSampler {
-            stop,
-            task,
-            rows_at_start,
-            latest_rows,
-        })
-    }
-
-    /// Waits until the statistics show `expected_rows` more rows than at the start (or
-    /// [`STATISTICS_FLUSH_WAIT`] passes), then stops and returns the timeline.
-    pub async fn finish(self, expected_rows: i64) -> Result<Vec<TimelinePoint>, String> {
-        let waiting_since = Instant::now();
-        while self.latest_rows.load(Ordering::Relaxed) - self.rows_at_start < expected_rows
-            && waiting_since.elapsed() < STATISTICS_FLUSH_WAIT
-            && !self.task.is_finished()
-        {
-            tokio::time::sleep(INSERT_SAMPLE_INTERVAL).await;
-        }
-        self.stop.store(true, Ordering::Relaxed);
-        self.task
-            .await
-            .map_err(|_| "the insert-rate sampler stopped unexpectedly".to_string())?
-    }
-}
-
-async fn inserted_rows(client: &Client) -> Result<i64, String> {
-    client
-        .query_one(
-            "SELECT coalesce(sum(n_tup_ins), 0)::bigint FROM pg_stat_user_tables \
-             WHERE relname = 'processing_activities'",
-            &[],
-        )
-        .await
-        .map(|row| row.get(0))
-        .map_err(|error| format!("reading pg_stat_user_tables failed: {error}"))
 }
 
 /// `url` with any password replaced by `***`, for messages and reports.

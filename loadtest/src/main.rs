@@ -17,6 +17,7 @@ mod psql_copy;
 mod report;
 mod scenarios;
 mod statistics;
+mod written_records;
 
 use std::process::ExitCode;
 use std::time::Duration;

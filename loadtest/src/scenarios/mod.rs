@@ -22,10 +22,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use uuid::Uuid;
 
 use crate::cli::GlobalOptions;
-use crate::database::InsertRateSampler;
 use crate::engine_client::{with_retries, EngineClient, ScanAccepted, ScanState};
 use crate::memory::{MemoryReport, MemorySampler};
 use crate::statistics::{round_to_thousandths, TimelinePoint};
+use crate::written_records::WrittenRecordsSampler;
 
 /// Consecutive unreadable status answers after which a scan is given up as "status unreadable"
 /// rather than polled until the deadline.
@@ -244,15 +244,15 @@ impl ScanWatch {
     }
 }
 
-/// Starts sampling rows inserted per second (see [`InsertRateSampler`]).
-pub async fn start_insert_sampler(context: &Context) -> Result<InsertRateSampler, String> {
-    InsertRateSampler::start(&context.database_url).await
+/// Starts sampling records written per second (see [`WrittenRecordsSampler`]).
+pub async fn start_insert_sampler(context: &Context) -> Result<WrittenRecordsSampler, String> {
+    WrittenRecordsSampler::start(&context.global.engine_url).await
 }
 
-/// The timeline of rows inserted per second, once `expected_rows` are seen; a sampler that
+/// The timeline of records written per second, once `expected_rows` are seen; a sampler that
 /// could not run costs only the timeline, and the reason goes into `notes`.
 pub async fn finish_insert_sampler(
-    sampler: Result<InsertRateSampler, String>,
+    sampler: Result<WrittenRecordsSampler, String>,
     expected_rows: i64,
     notes: &mut Vec<String>,
 ) -> Vec<TimelinePoint> {
@@ -272,7 +272,7 @@ pub async fn finish_insert_sampler(
 }
 
 /// The note every report with a timeline carries.
-pub const TIMELINE_NOTE: &str = "The timeline is rows inserted into processing_activities per second, from pg_stat_user_tables.n_tup_ins (rows of rolled-back transactions count too; PostgreSQL publishes a backend's counts about once a second).";
+pub const TIMELINE_NOTE: &str = "The timeline is records the engine wrote per second, from its own counter ingest_records_written_total (incremented as each chunk's transaction commits), read from GET /metrics every 0.5 s.";
 
 /// A progress bar over `total` records.
 pub fn progress_bar(total: u64, message: &str) -> ProgressBar {
