@@ -88,6 +88,8 @@ pub enum Scenario {
     Fairness(FairnessOptions),
     /// Plain COPY into processing_activities, no engine involved.
     Baseline(BaselineOptions),
+    /// Row-level security's cost on each dashboard read, for tenants of 1,000 to 1,000,000 rows.
+    Rls(RlsOptions),
     /// The audit log at size: millions of entries loaded by COPY, one tenant's month read
     /// through GET /admin/audit, old months archived by `ingest-engine audit maintain`.
     Audit(AuditOptions),
@@ -219,6 +221,22 @@ pub struct BaselineOptions {
     /// Rows per tenant.
     #[arg(long, default_value_t = DEFAULT_SCAN_RECORDS)]
     pub records: usize,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct RlsOptions {
+    /// Sizes (rows) of the tenants whose reads are timed.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1_000_000, 100_000, 1_000])]
+    pub measured_sizes: Vec<usize>,
+    /// Other tenants loaded around them.
+    #[arg(long, default_value_t = 8_899)]
+    pub filler_tenants: usize,
+    /// Rows of each other tenant.
+    #[arg(long, default_value_t = 1_000)]
+    pub filler_rows: usize,
+    /// Timed runs of each read, with and without row-level security, alternating.
+    #[arg(long, default_value_t = 200)]
+    pub rounds: usize,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]

@@ -1,7 +1,9 @@
 //! Everything the load test does in PostgreSQL: finding the engine's private cluster,
 //! verifying what landed, and the plain `COPY` of the baseline.
 //!
-//! **Invariant:** only this module runs SQL.
+//! **Invariant:** only this module runs SQL, but for the two scenarios that measure the
+//! database itself (`audit` loads and archives audit entries, `rls` times the dashboard's
+//! statements), whose statements are their subject.
 
 use std::collections::BTreeMap;
 use std::path::Path;

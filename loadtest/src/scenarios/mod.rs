@@ -10,6 +10,7 @@ pub mod baseline;
 pub mod batch;
 pub mod fairness;
 pub mod mixed;
+pub mod rls;
 pub mod scans;
 
 use std::sync::atomic::{AtomicI64, Ordering};
