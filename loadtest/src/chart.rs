@@ -30,6 +30,49 @@ pub fn write_chart(
         .map_err(|error| format!("drawing the chart {} failed: {error}", path.display()))
 }
 
+/// A chart of several quantities over time, one panel each (the `soak` scenario's resources).
+pub fn write_resource_chart(
+    path: &Path,
+    title: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> Result<(), String> {
+    draw_resources(path, title, series)
+        .map_err(|error| format!("drawing the chart {} failed: {error}", path.display()))
+}
+
+fn draw_resources(
+    path: &Path,
+    title: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::new(path, CHART_SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(title, ("sans-serif", 22))?;
+    let panels = root.split_evenly((series.len().max(1), 1));
+    for (index, ((name, points), panel)) in series.iter().zip(panels.iter()).enumerate() {
+        let longest = points.iter().map(|(second, _)| *second).fold(1.0, f64::max);
+        let highest = points.iter().map(|(_, value)| *value).fold(1.0, f64::max);
+        let mut chart = ChartBuilder::on(panel)
+            .caption(*name, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..longest, 0f64..highest * 1.1)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds / giây")
+            .y_label_formatter(&|value: &f64| number_en(*value, 1))
+            .draw()?;
+        let color = Palette99::pick(index).to_rgba();
+        chart.draw_series(LineSeries::new(
+            points.iter().copied(),
+            color.stroke_width(2),
+        ))?;
+    }
+    root.present()?;
+    Ok(())
+}
+
 fn draw(
     path: &Path,
     title: &str,

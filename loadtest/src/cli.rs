@@ -88,6 +88,8 @@ pub enum Scenario {
     Fairness(FairnessOptions),
     /// Plain COPY into processing_activities, no engine involved.
     Baseline(BaselineOptions),
+    /// The mixed traffic for a long time, with the engine's resources sampled throughout.
+    Soak(SoakOptions),
     /// Row-level security's cost on each dashboard read, for tenants of 1,000 to 1,000,000 rows.
     Rls(RlsOptions),
     /// The audit log at size: millions of entries loaded by COPY, one tenant's month read
@@ -221,6 +223,28 @@ pub struct BaselineOptions {
     /// Rows per tenant.
     #[arg(long, default_value_t = DEFAULT_SCAN_RECORDS)]
     pub records: usize,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct SoakOptions {
+    /// How long the traffic runs.
+    #[arg(long, default_value_t = 1_800)]
+    pub duration_secs: u64,
+    /// Requests per second of all clients together (70 % dashboard reads).
+    #[arg(long, default_value_t = 20)]
+    pub rate: u64,
+    /// Records in each written batch.
+    #[arg(long, default_value_t = 200)]
+    pub batch_size: usize,
+    /// Records in each written scan.
+    #[arg(long, default_value_t = 1_000)]
+    pub scan_records: usize,
+    /// Seconds before the resources are taken as settled (growth is measured from then).
+    #[arg(long, default_value_t = 120)]
+    pub warm_up_secs: u64,
+    /// Seconds between two samples of the engine's resources.
+    #[arg(long, default_value_t = 5)]
+    pub sample_secs: u64,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]

@@ -196,6 +196,20 @@ pub async fn copy_rows(client: &Client, stream: Bytes) -> Result<u64, String> {
         .map_err(|error| format!("finishing COPY failed: {error}"))
 }
 
+/// The engine's database connections (every backend on its database but this one) and its
+/// staged backlog in records, for the `soak` scenario's samples.
+pub async fn engine_resources(client: &Client) -> Result<(i64, i64), String> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()), \
+                    (SELECT coalesce(sum(record_count), 0)::bigint FROM staged_chunks)",
+            &[],
+        )
+        .await
+        .map_err(|error| format!("reading connections and backlog failed: {error}"))?;
+    Ok((row.get(0), row.get(1)))
+}
+
 /// `url` with any password replaced by `***`, for messages and reports.
 pub fn redact_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

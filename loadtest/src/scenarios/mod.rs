@@ -12,6 +12,7 @@ pub mod fairness;
 pub mod mixed;
 pub mod rls;
 pub mod scans;
+pub mod soak;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
