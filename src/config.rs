@@ -70,6 +70,7 @@ pub struct EmbeddedSettings {
     pub os_user: String,
     pub config_file: PathBuf,
     pub startup_timeout_secs: u64,
+    pub relocation_root: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,6 +183,10 @@ impl Settings {
             .set_default("database.embedded.os_user", "postgres")?
             .set_default("database.embedded.config_file", "config/postgresql.conf")?
             .set_default("database.embedded.startup_timeout_secs", 60)?
+            .set_default(
+                "database.embedded.relocation_root",
+                "/var/lib/ingest-engine",
+            )?
             .set_default("ingest.chunk_records", 1000)?
             .set_default("ingest.max_scan_records", 100_000)?
             .set_default("ingest.max_batch_records", 10_000)?

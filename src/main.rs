@@ -115,6 +115,8 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
                 config_file_opt: Some(embedded.config_file.clone()),
                 startup_timeout: Duration::from_secs(embedded.startup_timeout_secs),
                 search_path_opt: None,
+                relocation_root_opt: Some(embedded.relocation_root.clone())
+                    .filter(|root| !root.as_os_str().is_empty()),
             };
             if settings.auth.bootstrap_admin_token.trim().is_empty() {
                 settings.auth.bootstrap_admin_token = embedded_admin_token(&embedded.data_dir)?;

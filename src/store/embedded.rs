@@ -60,6 +60,11 @@ pub struct ClusterOptions {
     /// Directories searched before the standard places (tests use this to simulate a machine
     /// without PostgreSQL).
     pub search_path_opt: Option<Vec<PathBuf>>,
+    /// When the engine runs as root and `os_user` cannot reach `data_dir` (a checkout under
+    /// `/root`, say) and no cluster lives there yet, the cluster goes under this directory
+    /// instead, in a subdirectory keyed by `data_dir`'s absolute path (two checkouts never
+    /// share one), created for `os_user` and reused at the next start. `None`: fail instead.
+    pub relocation_root_opt: Option<PathBuf>,
 }
 
 /// A running private cluster. Dropping it stops the server.
@@ -77,7 +82,12 @@ impl EmbeddedCluster {
         let bin_dir =
             find_bin_dir(options.search_path_opt.as_deref()).ok_or(EmbeddedError::NoBinaries)?;
         let run_as_opt = unprivileged_user(&options.os_user)?;
-        let data_dir = absolute(&options.data_dir)?;
+        let data_dir = match (&run_as_opt, &options.relocation_root_opt) {
+            (Some(user), Some(root)) => {
+                reachable_data_dir(&absolute(&options.data_dir)?, user, root)?
+            }
+            _ => absolute(&options.data_dir)?,
+        };
 
         if !data_dir.join("PG_VERSION").exists() {
             init_data_dir(&bin_dir, &data_dir, run_as_opt.as_ref())?;
@@ -320,6 +330,71 @@ fn init_data_dir(
         .context("writing postgresql.conf")?;
     // The engine's database is created on first connection (`store::ensure_database`).
     Ok(())
+}
+
+/// `data_dir`, or, when `user` cannot reach it and no cluster lives there yet, the directory
+/// under `root` this data directory is relocated to (created for `user` along the way).
+fn reachable_data_dir(data_dir: &Path, user: &User, root: &Path) -> Result<PathBuf, EmbeddedError> {
+    if data_dir.join("PG_VERSION").exists() || can_reach(&nearest_existing(data_dir), user) {
+        return Ok(data_dir.to_path_buf());
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    let key: String = digest[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    let relocated = root.join(key).join("postgres");
+    let parent = relocated.parent().unwrap_or(root);
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    // The path down to the cluster must be traversable by the PostgreSQL user.
+    for directory in [root, parent] {
+        let mode = fs::metadata(directory)
+            .with_context(|| format!("reading {}", directory.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o005 != 0o005 {
+            fs::set_permissions(directory, fs::Permissions::from_mode(mode | 0o755)).with_context(
+                || format!("opening {} to the PostgreSQL user", directory.display()),
+            )?;
+        }
+    }
+    fs::write(parent.join("source"), format!("{}\n", data_dir.display()))
+        .context("noting which data directory was relocated")?;
+    tracing::warn!(
+        configured = %data_dir.display(),
+        data_dir = %relocated.display(),
+        user = %user.name,
+        "the PostgreSQL user cannot reach the configured data directory; using this one (reused at every start)"
+    );
+    eprintln!(
+        "PostgreSQL data directory / thư mục dữ liệu PostgreSQL: {}\n({} cannot reach {} / người dùng {} không truy cập được {})",
+        relocated.display(),
+        user.name,
+        data_dir.display(),
+        user.name,
+        data_dir.display()
+    );
+    Ok(relocated)
+}
+
+/// The deepest existing directory on the way to `path`.
+fn nearest_existing(path: &Path) -> PathBuf {
+    path.ancestors()
+        .find(|ancestor| ancestor.exists())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf()
+}
+
+/// Whether `user` can enter `directory` (and so everything above it).
+fn can_reach(directory: &Path, user: &User) -> bool {
+    Command::new("test")
+        .arg("-x")
+        .arg(directory)
+        .uid(user.uid.as_raw())
+        .gid(user.gid.as_raw())
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 /// Fails with a clear message when `user` cannot traverse to `data_dir`.

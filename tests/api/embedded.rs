@@ -16,6 +16,7 @@ fn options(data_dir: PathBuf) -> ClusterOptions {
         config_file_opt: Some(repository_path("config/postgresql.conf")),
         startup_timeout: Duration::from_secs(60),
         search_path_opt: None,
+        relocation_root_opt: None,
     }
 }
 

@@ -220,6 +220,7 @@ async fn every_scan_completes_exactly_across(outage: Outage) {
         config_file_opt: Some(repository_path(config_file)),
         startup_timeout: Duration::from_secs(60),
         search_path_opt: None,
+        relocation_root_opt: None,
     };
     let start_options = options.clone();
     let mut cluster = tokio::task::spawn_blocking(move || EmbeddedCluster::start(&start_options))

@@ -88,6 +88,7 @@ fn start_private_cluster() -> EmbeddedCluster {
         config_file_opt: Some(repository_path("config/postgresql-test.conf")),
         startup_timeout: Duration::from_secs(60),
         search_path_opt: None,
+        relocation_root_opt: None,
     };
     EmbeddedCluster::start(&options).expect("the private test cluster starts")
 }

@@ -26,9 +26,14 @@ struct EngineProcess {
 impl EngineProcess {
     /// Starts the binary from the repository root, as the README's run command does.
     fn start(environment: &[(&str, String)]) -> EngineProcess {
+        EngineProcess::start_in(&repository_path(""), environment)
+    }
+
+    /// Starts the binary from `directory`.
+    fn start_in(directory: &Path, environment: &[(&str, String)]) -> EngineProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ingest-engine"));
         command
-            .current_dir(repository_path(""))
+            .current_dir(directory)
             .env_remove("DATABASE_URL")
             .env("INGEST__HTTP__PORT", "0")
             .env("INGEST__LOG__FORMAT", "json")
@@ -103,6 +108,72 @@ impl Drop for EngineProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// As root, from a directory only root can enter (a checkout under `/root`, the usual case on
+/// a fresh server), the first run works: the cluster goes to a directory the PostgreSQL user
+/// can reach, keyed by the checkout, said at start-up, and reused by the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_root_from_a_private_directory_the_engine_starts_and_reuses_its_cluster() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("this behaviour exists only for root; the test runs as root in CI");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let checkout = std::env::temp_dir().join(format!("ingest-private-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&checkout).unwrap();
+    std::fs::set_permissions(&checkout, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let relocation_root = scratch_directory().join("relocated");
+    let environment = [
+        (
+            "INGEST__DATABASE__EMBEDDED__RELOCATION_ROOT",
+            relocation_root.display().to_string(),
+        ),
+        (
+            "INGEST__DATABASE__EMBEDDED__STARTUP_TIMEOUT_SECS",
+            "60".to_string(),
+        ),
+    ];
+    let mut engine = EngineProcess::start_in(&checkout, &environment);
+    let http = http_client();
+    let health = http
+        .get(format!("{}/health/database", engine.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(
+        engine.logged("cannot reach the configured data directory"),
+        "{:?}",
+        engine.log.lock().unwrap()
+    );
+    let keys: Vec<_> = std::fs::read_dir(&relocation_root)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0].join("postgres").join("PG_VERSION").exists());
+    let source = std::fs::read_to_string(keys[0].join("source")).unwrap();
+    assert_eq!(
+        source.trim(),
+        checkout.join(".data/postgres").display().to_string()
+    );
+    engine.signal(Signal::SIGTERM);
+    assert!(engine.wait(Duration::from_secs(60)).success());
+
+    // The next start reuses the same cluster.
+    let mut engine = EngineProcess::start_in(&checkout, &environment);
+    let health = http
+        .get(format!("{}/health/database", engine.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(std::fs::read_dir(&relocation_root).unwrap().count(), 1);
+    assert!(!engine.logged("initialising embedded postgresql"));
+    engine.signal(Signal::SIGTERM);
+    assert!(engine.wait(Duration::from_secs(60)).success());
+    let _ = std::fs::remove_dir_all(&checkout);
 }
 
 fn postmaster_running(data_dir: &Path) -> bool {
