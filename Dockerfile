@@ -4,7 +4,7 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Dependencies first, so source edits do not rebuild them.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 # The workspace also lists the load test: the image builds only the engine, but cargo loads
 # every member's manifest, so the load test's is copied with a stub target.
 COPY loadtest/Cargo.toml ./loadtest/

@@ -15,3 +15,4 @@ mod process;
 mod reads;
 mod recovery;
 mod scans;
+mod schema;
