@@ -196,6 +196,23 @@ pub async fn copy_rows(client: &Client, stream: Bytes) -> Result<u64, String> {
         .map_err(|error| format!("finishing COPY failed: {error}"))
 }
 
+/// Index and sequential scans so far of the tables the dashboard reads.
+pub async fn table_scan_counts(database_url: &str) -> Result<BTreeMap<String, (i64, i64)>, String> {
+    let client = connect(database_url).await?;
+    let rows = client
+        .query(
+            "SELECT relname::text, coalesce(idx_scan, 0), coalesce(seq_scan, 0) FROM pg_stat_user_tables \
+             WHERE relname IN ('processing_activities', 'scans', 'activity_counts')",
+            &[],
+        )
+        .await
+        .map_err(|error| format!("reading pg_stat_user_tables failed: {error}"))?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get(0), (row.get(1), row.get(2))))
+        .collect())
+}
+
 /// The engine's database connections (every backend on its database but this one) and its
 /// staged backlog in records, for the `soak` scenario's samples.
 pub async fn engine_resources(client: &Client) -> Result<(i64, i64), String> {

@@ -60,6 +60,9 @@ struct MixedDetails {
     records_acknowledged: i64,
     /// After the window: how long the accepted scans took to finish.
     drain_seconds: f64,
+    /// Index scans / (index + sequential scans) per table the dashboard reads, during the
+    /// window and the drain (from `pg_stat_user_tables`).
+    index_usage: BTreeMap<String, f64>,
     scans_unfinished: usize,
     warm_up_scans_completed: usize,
 }
@@ -125,6 +128,7 @@ pub async fn run(context: &Context, options: &MixedOptions) -> ScenarioReport {
         .values()
         .sum();
 
+    let scans_before = database::table_scan_counts(&context.database_url).await;
     let memory_sampler_opt = context.start_memory_sampler();
     let insert_sampler = start_insert_sampler(context).await;
     let started_at = Utc::now();
@@ -206,6 +210,9 @@ pub async fn run(context: &Context, options: &MixedOptions) -> ScenarioReport {
     );
     let finished_scans = drain(context, accepted_scans).await;
     let drain_seconds = drain_started.elapsed().as_secs_f64();
+    // PostgreSQL publishes a backend's counts within a second of its going idle.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let scans_after = database::table_scan_counts(&context.database_url).await;
     let (memory_opt, memory_error_opt) = finish_memory(context, memory_sampler_opt).await;
 
     let expected_rows = shared
@@ -232,6 +239,19 @@ pub async fn run(context: &Context, options: &MixedOptions) -> ScenarioReport {
     details.reads_per_second =
         round_to_thousandths(details.reads as f64 / window_seconds.max(1e-9));
     details.drain_seconds = round_to_thousandths(drain_seconds);
+    if let (Ok(before), Ok(after)) = (&scans_before, &scans_after) {
+        for (table, (index_after, sequential_after)) in after {
+            let (index_before, sequential_before) = before.get(table).copied().unwrap_or((0, 0));
+            let index = index_after - index_before;
+            let sequential = sequential_after - sequential_before;
+            if index + sequential > 0 {
+                details.index_usage.insert(
+                    table.clone(),
+                    round_to_thousandths(index as f64 / (index + sequential) as f64),
+                );
+            }
+        }
+    }
     details.scans_unfinished = finished_scans
         .iter()
         .filter(|scan| !scan.is_finished())
@@ -299,6 +319,14 @@ pub async fn run(context: &Context, options: &MixedOptions) -> ScenarioReport {
             ));
         }
     }
+    summary_en.push(format!(
+        "Index scans among the scans of the tables the dashboard reads: {:?}.",
+        details.index_usage
+    ));
+    summary_vi.push(format!(
+        "Tỷ lệ quét theo chỉ mục trên các bảng mà bảng điều khiển đọc: {:?}.",
+        details.index_usage
+    ));
     summary_en.push(format!(
         "After the window, the accepted scans took {} s more to finish ({} unfinished).",
         number_en(details.drain_seconds, 2),
