@@ -20,6 +20,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub metrics: MetricsSettings,
     pub audit: AuditSettings,
+    pub cluster: ClusterSettings,
     pub retention: RetentionSettings,
 }
 
@@ -30,6 +31,14 @@ pub struct AuditSettings {
     pub maintenance_interval_secs: u64,
     pub retain_months: u32,
     pub archive_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClusterSettings {
+    /// Empty: a new id at each start.
+    pub instance_id: String,
+    pub heartbeat_ms: u64,
+    pub lease_ttl_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +223,9 @@ impl Settings {
             .set_default("audit.retain_months", 12)?
             .set_default("audit.archive_dir", ".data/audit-archive")?
             .set_default("retention.scan_days", 30)?
+            .set_default("cluster.instance_id", "")?
+            .set_default("cluster.heartbeat_ms", 1_000)?
+            .set_default("cluster.lease_ttl_ms", 5_000)?
             .set_default("log.format", "text")?
             .set_default("log.level", "info")
     }

@@ -35,6 +35,8 @@ pub const AUDIT_PARTITIONS_AHEAD: &str = "ingest_audit_partitions_ahead";
 pub const AUDIT_UPKEEP_RUNS: &str = "ingest_audit_upkeep_runs_total";
 pub const AUDIT_ARCHIVE_RUNS: &str = "ingest_audit_archive_runs_total";
 pub const AUDIT_ARCHIVED_ROWS: &str = "ingest_audit_archived_rows_total";
+pub const CLUSTER_LIVE_INSTANCES: &str = "ingest_cluster_live_instances";
+pub const CLUSTER_HEARTBEAT_FAILURES: &str = "ingest_cluster_heartbeat_failures_total";
 pub const POOL_CONNECTIONS: &str = "ingest_pool_connections";
 pub const POOL_UTILIZATION: &str = "ingest_pool_utilization_ratio";
 pub const POSTGRES_CACHE_HIT_RATIO: &str = "ingest_postgres_cache_hit_ratio";
@@ -265,6 +267,17 @@ fn describe() {
         "Audit entries written to verified Parquet archives and dropped from PostgreSQL."
     );
     describe_gauge!(
+        CLUSTER_LIVE_INSTANCES,
+        Unit::Count,
+        "Engine instances on this database whose lease has not expired (by the database's \
+         clock), as this instance saw at its last heartbeat."
+    );
+    describe_counter!(
+        CLUSTER_HEARTBEAT_FAILURES,
+        Unit::Count,
+        "Heartbeats of this instance that could not renew its lease."
+    );
+    describe_gauge!(
         POOL_CONNECTIONS,
         Unit::Count,
         "Connections by pool (request, writers) and state (idle, active)."
@@ -311,6 +324,7 @@ fn register_zeroes() {
         metrics::counter!(AUDIT_ARCHIVE_RUNS, "outcome" => outcome).increment(0);
     }
     metrics::counter!(AUDIT_ARCHIVED_ROWS).increment(0);
+    metrics::counter!(CLUSTER_HEARTBEAT_FAILURES).increment(0);
     for class in ["retryable", "data", "integrity", "other"] {
         metrics::counter!(REQUEST_DATABASE_ERRORS, "class" => class).increment(0);
     }
@@ -351,6 +365,7 @@ pub fn route_label(path: &str) -> &'static str {
         ["admin", "keys", _] => "/admin/keys/{key_id}",
         ["admin", "dead-letters"] => "/admin/dead-letters",
         ["admin", "audit"] => "/admin/audit",
+        ["admin", "cluster"] => "/admin/cluster",
         ["admin", "audit", "archives"] => "/admin/audit/archives",
         ["admin", "dead-letters", _, "replay"] => "/admin/dead-letters/{id}/replay",
         _ => "other",

@@ -58,6 +58,7 @@ impl Application {
             .await
             .context("creating the audit log's monthly partitions")?;
         let engine = Engine::start(&settings, &database)?;
+        let instance_id = crate::cluster::heartbeat::instance_id(&settings.cluster.instance_id);
         let host: IpAddr =
             settings.http.host.parse().with_context(|| {
                 format!("http.host {:?} is not an IP address", settings.http.host)
@@ -76,6 +77,7 @@ impl Application {
             parsing: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |cores| cores.get()),
             ),
+            instance_id: instance_id.clone(),
             bootstrap_token_hash_opt: Some(settings.auth.bootstrap_admin_token.trim())
                 .filter(|token| !token.is_empty())
                 .map(crate::domain::auth::hash_secret),
@@ -85,6 +87,16 @@ impl Application {
             .await
             .with_context(|| format!("binding {host}:{}", settings.http.port))?;
         let address = listener.local_addr()?;
+        // Alive among the instances before anything is served.
+        crate::store::instances::heartbeat(
+            &state.pool,
+            &state.instance_id,
+            &address.to_string(),
+            settings.cluster.lease_ttl_ms as i64,
+        )
+        .await
+        .context("recording this instance's lease")?;
+        tracing::info!(instance_id = %state.instance_id, "instance lease taken");
         let server = warp::serve(http::routes(state.clone()))
             .serve_incoming_with_graceful_shutdown(
                 http::listener::accepted(listener),
@@ -114,9 +126,24 @@ impl Application {
             self.state.clone(),
             Duration::from_secs(self.state.settings.metrics.sample_interval_secs.max(1)),
         ));
+        // Two groups: maintenance stops before the engine drains; the heartbeat keeps this
+        // instance's lease alive until its writes are done.
         let jobs = crate::jobs::Shutdown::new();
+        let liveness = crate::jobs::Shutdown::new();
         let maintenance_interval =
             Duration::from_secs(self.state.settings.audit.maintenance_interval_secs.max(1));
+        let heartbeat_interval =
+            Duration::from_millis(self.state.settings.cluster.heartbeat_ms.max(100));
+        let heartbeat = liveness.spawn(
+            crate::cluster::heartbeat::HeartbeatJob {
+                pool: self.state.pool.clone(),
+                instance_id: self.state.instance_id.clone(),
+                http_address: self.address.to_string(),
+                interval: heartbeat_interval,
+                lease_ttl: Duration::from_millis(self.state.settings.cluster.lease_ttl_ms),
+            },
+            heartbeat_interval,
+        );
         let background = [jobs.spawn(
             crate::audit::maintenance::MaintenanceJob {
                 pool: self.state.pool.clone(),
@@ -129,7 +156,7 @@ impl Application {
         )];
         shutdown.await;
         sampler.abort();
-        // Background jobs finish their current pass, then stop, before the engine drains.
+        // Maintenance finishes its current pass, then stops, before the engine drains.
         jobs.stop();
         for job in background {
             let _ = job.await;
@@ -138,6 +165,15 @@ impl Application {
         self.state.accepting.store(false, Ordering::Release);
         let grace = Duration::from_secs(self.state.settings.shutdown.grace_period_secs);
         self.state.engine.shutdown(grace).await;
+        // Writes are done: stop the heartbeat and hand the lease back, so other instances see
+        // this one gone at once.
+        liveness.stop();
+        let _ = heartbeat.await;
+        if let Err(error) =
+            crate::store::instances::leave(&self.state.pool, &self.state.instance_id).await
+        {
+            tracing::warn!(%error, "could not hand this instance's lease back; it will expire");
+        }
         let _ = self.stop_server.send(());
         if tokio::time::timeout(grace, server).await.is_err() {
             tracing::warn!("http requests still open after the grace period");

@@ -29,6 +29,41 @@ async fn admin(state: &AppState, authorization: HeaderText) -> Result<Principal,
     Ok(principal)
 }
 
+/// `GET /admin/cluster`: the engine instances on this database, alive first, by the
+/// database's clock.
+pub async fn list_instances(state: Arc<AppState>, authorization: HeaderText) -> Response {
+    respond(
+        async {
+            admin(&state, authorization).await?;
+            let instances = crate::store::instances::instances(&state.pool).await?;
+            let listed: Vec<serde_json::Value> = instances
+                .iter()
+                .map(|instance| {
+                    json!({
+                        "instance_id": instance.instance_id,
+                        "http_address": instance.http_address,
+                        "this_instance": instance.instance_id == state.instance_id,
+                        "alive": instance.alive,
+                        "status": if instance.alive { "alive" } else { "lost" },
+                        "status_vi": if instance.alive { "đang hoạt động" } else { "mất kết nối" },
+                        "started_at": instance.started_at,
+                        "last_heartbeat_at": instance.heartbeat_at,
+                        "since_heartbeat_ms": instance.since_heartbeat_ms,
+                        "lease_expires_at": instance.lease_expires_at,
+                    })
+                })
+                .collect();
+            Ok(warp::reply::json(&json!({
+                "instance_id": state.instance_id,
+                "live_instances": instances.iter().filter(|instance| instance.alive).count(),
+                "instances": listed,
+            }))
+            .into_response())
+        }
+        .await,
+    )
+}
+
 fn tenant_json(state: &AppState, tenant: &TenantRow) -> serde_json::Value {
     let live_opt = state
         .engine

@@ -56,6 +56,8 @@ pub struct AppState {
     pub large_admission: Arc<tokio::sync::Semaphore>,
     /// One permit per core: submissions parsed at once.
     pub parsing: tokio::sync::Semaphore,
+    /// This instance's id among the instances sharing the database.
+    pub instance_id: String,
 }
 
 /// A submission's hold on the admission budget, released when dropped.
@@ -338,6 +340,12 @@ pub fn routes(
         .and(query)
         .then(audit::read_audit)
         .boxed();
+    let list_instances = warp::path!("admin" / "cluster")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(authorization)
+        .then(admin::list_instances)
+        .boxed();
     let list_audit_archives = warp::path!("admin" / "audit" / "archives")
         .and(warp::get())
         .and(with_state.clone())
@@ -367,6 +375,8 @@ pub fn routes(
         .or(read_audit)
         .unify()
         .or(list_audit_archives)
+        .unify()
+        .or(list_instances)
         .unify()
         .boxed();
 

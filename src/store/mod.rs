@@ -17,6 +17,7 @@ pub mod copy_encoder;
 pub mod dead_letters;
 pub mod embedded;
 pub mod governance;
+pub mod instances;
 pub mod migrations;
 pub mod queries;
 pub mod reads;

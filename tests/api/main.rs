@@ -4,6 +4,7 @@ mod admission;
 mod archive;
 mod audit;
 mod batch;
+mod cluster;
 mod embedded;
 mod failures;
 mod governance;
