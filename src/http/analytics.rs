@@ -12,6 +12,7 @@ use warp::Reply;
 use super::auth::{authenticate, authorized_tenant};
 use super::headers::HeaderText;
 use super::{respond, ApiError, AppState, Query};
+use crate::domain::PdplCategory;
 use crate::store::reads::{self, ActivityRow, PageStart};
 
 /// Default and largest page of `GET /analytics/processing-activities`.
@@ -33,21 +34,10 @@ async fn compliance_summary_inner(
 ) -> Result<Response, ApiError> {
     let tenant_id = authorized_tenant(&state, &authorization, &query).await?;
     let summary = reads::compliance_summary(&state.read_pool, tenant_id).await?;
-    let categories: Vec<serde_json::Value> = summary
-        .categories
-        .iter()
-        .map(|(category, count)| {
-            json!({
-                "category": category.as_str(),
-                "category_vi": category.as_str_vi(),
-                "count": count,
-            })
-        })
-        .collect();
     let body = json!({
         "tenant_id": tenant_id,
         "total_activities": summary.total_activities,
-        "categories": categories,
+        "categories": categories_json(&summary.categories),
     });
     Ok(warp::reply::json(&body).into_response())
 }
@@ -61,23 +51,12 @@ pub async fn regional_summary(state: Arc<AppState>, authorization: HeaderText) -
             let regions: Vec<serde_json::Value> = summaries
                 .iter()
                 .map(|summary| {
-                    let categories: Vec<serde_json::Value> = summary
-                        .categories
-                        .iter()
-                        .map(|(category, count)| {
-                            json!({
-                                "category": category.as_str(),
-                                "category_vi": category.as_str_vi(),
-                                "count": count,
-                            })
-                        })
-                        .collect();
                     json!({
                         "region": summary.region.as_str(),
                         "region_vi": summary.region.as_str_vi(),
                         "tenants": summary.tenants,
                         "activities": summary.categories.iter().map(|(_, count)| count).sum::<i64>(),
-                        "categories": categories,
+                        "categories": categories_json(&summary.categories),
                     })
                 })
                 .collect();
@@ -201,6 +180,20 @@ fn activity_json(activity: &ActivityRow) -> serde_json::Value {
         "data_recipients": activity.data_recipients_opt,
         "created_at": activity.created_at,
     })
+}
+
+/// Counts per category, as both summaries answer them: `{"category", "category_vi", "count"}`.
+fn categories_json(categories: &[(PdplCategory, i64)]) -> Vec<serde_json::Value> {
+    categories
+        .iter()
+        .map(|(category, count)| {
+            json!({
+                "category": category.as_str(),
+                "category_vi": category.as_str_vi(),
+                "count": count,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
