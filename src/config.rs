@@ -22,6 +22,21 @@ pub struct Settings {
     pub audit: AuditSettings,
     pub cluster: ClusterSettings,
     pub retention: RetentionSettings,
+    pub webhooks: WebhookSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    pub timeout_secs: u64,
+    pub retry_base_secs: u64,
+    pub retry_cap_secs: u64,
+    pub max_attempts: u32,
+    pub poll_interval_ms: u64,
+    pub concurrency: usize,
+    pub endpoint_concurrency: usize,
+    pub max_endpoints_per_tenant: i64,
+    pub allow_private_targets: bool,
+    pub allow_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,6 +241,16 @@ impl Settings {
             .set_default("cluster.instance_id", "")?
             .set_default("cluster.heartbeat_ms", 1_000)?
             .set_default("cluster.lease_ttl_ms", 5_000)?
+            .set_default("webhooks.timeout_secs", 10)?
+            .set_default("webhooks.retry_base_secs", 10)?
+            .set_default("webhooks.retry_cap_secs", 21_600)?
+            .set_default("webhooks.max_attempts", 15)?
+            .set_default("webhooks.poll_interval_ms", 250)?
+            .set_default("webhooks.concurrency", 64)?
+            .set_default("webhooks.endpoint_concurrency", 2)?
+            .set_default("webhooks.max_endpoints_per_tenant", 20)?
+            .set_default("webhooks.allow_private_targets", false)?
+            .set_default("webhooks.allow_http", false)?
             .set_default("log.format", "text")?
             .set_default("log.level", "info")
     }

@@ -13,3 +13,4 @@ pub mod startup;
 pub mod store;
 pub mod submission;
 pub mod telemetry;
+pub mod webhooks;

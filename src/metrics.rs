@@ -37,6 +37,11 @@ pub const AUDIT_ARCHIVE_RUNS: &str = "ingest_audit_archive_runs_total";
 pub const AUDIT_ARCHIVED_ROWS: &str = "ingest_audit_archived_rows_total";
 pub const CLUSTER_LIVE_INSTANCES: &str = "ingest_cluster_live_instances";
 pub const CLUSTER_HEARTBEAT_FAILURES: &str = "ingest_cluster_heartbeat_failures_total";
+pub const WEBHOOK_DELIVERIES: &str = "ingest_webhook_deliveries_total";
+pub const WEBHOOK_ATTEMPT_DURATION: &str = "ingest_webhook_attempt_duration_seconds";
+pub const WEBHOOK_DUE_DELIVERIES: &str = "ingest_webhook_due_deliveries";
+pub const WEBHOOK_OLDEST_DUE: &str = "ingest_webhook_oldest_due_seconds";
+pub const WEBHOOK_FAILED_DELIVERIES: &str = "ingest_webhook_failed_deliveries";
 pub const POOL_CONNECTIONS: &str = "ingest_pool_connections";
 pub const POOL_UTILIZATION: &str = "ingest_pool_utilization_ratio";
 pub const POSTGRES_CACHE_HIT_RATIO: &str = "ingest_postgres_cache_hit_ratio";
@@ -124,6 +129,12 @@ pub fn install() -> PrometheusHandle {
                     builder.set_buckets_for_metric(
                         Matcher::Full(CHUNK_STAGE_DURATION.into()),
                         CHUNK_WRITE_BUCKETS,
+                    )
+                })
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full(WEBHOOK_ATTEMPT_DURATION.into()),
+                        HTTP_BUCKETS,
                     )
                 })
                 .expect("bucket lists are non-empty constants")
@@ -298,6 +309,33 @@ fn describe() {
         "PostgreSQL checkpoints since its statistics reset, by kind (timed, requested)."
     );
     describe_gauge!(TENANT_ACTORS, Unit::Count, "Tenant actors running.");
+    describe_counter!(
+        WEBHOOK_DELIVERIES,
+        Unit::Count,
+        "Webhook delivery attempts of this instance, by outcome (succeeded; retried: a failed \
+         attempt with attempts left; failed: the last attempt failed; superseded: the attempt \
+         outlived its lease or its endpoint)."
+    );
+    describe_histogram!(
+        WEBHOOK_ATTEMPT_DURATION,
+        Unit::Seconds,
+        "Webhook delivery attempts, from connecting to the response's status (or the error)."
+    );
+    describe_gauge!(
+        WEBHOOK_DUE_DELIVERIES,
+        Unit::Count,
+        "Webhook deliveries due now and not being attempted, on every instance."
+    );
+    describe_gauge!(
+        WEBHOOK_OLDEST_DUE,
+        Unit::Seconds,
+        "How long the oldest due webhook delivery has waited (0 when none is due)."
+    );
+    describe_gauge!(
+        WEBHOOK_FAILED_DELIVERIES,
+        Unit::Count,
+        "Webhook deliveries that failed after their last attempt and were not redelivered."
+    );
 }
 
 /// Counters start at zero rather than absent, so `increase()` in alert rules sees the first
@@ -325,6 +363,9 @@ fn register_zeroes() {
     }
     metrics::counter!(AUDIT_ARCHIVED_ROWS).increment(0);
     metrics::counter!(CLUSTER_HEARTBEAT_FAILURES).increment(0);
+    for outcome in ["succeeded", "retried", "failed", "superseded"] {
+        metrics::counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).increment(0);
+    }
     for class in ["retryable", "data", "integrity", "other"] {
         metrics::counter!(REQUEST_DATABASE_ERRORS, "class" => class).increment(0);
     }
@@ -361,6 +402,16 @@ pub fn route_label(path: &str) -> &'static str {
         ["admin", "tenants", _, "limits"] => "/admin/tenants/{tenant_id}/limits",
         ["admin", "tenants", _, "pause"] => "/admin/tenants/{tenant_id}/pause",
         ["admin", "tenants", _, "resume"] => "/admin/tenants/{tenant_id}/resume",
+        ["admin", "tenants", _, "webhooks"] => "/admin/tenants/{tenant_id}/webhooks",
+        ["admin", "tenants", _, "webhooks", _] => {
+            "/admin/tenants/{tenant_id}/webhooks/{endpoint_id}"
+        }
+        ["admin", "tenants", _, "webhook-deliveries"] => {
+            "/admin/tenants/{tenant_id}/webhook-deliveries"
+        }
+        ["admin", "tenants", _, "webhook-deliveries", _, "redeliver"] => {
+            "/admin/tenants/{tenant_id}/webhook-deliveries/{delivery_id}/redeliver"
+        }
         ["admin", "keys"] => "/admin/keys",
         ["admin", "keys", _] => "/admin/keys/{key_id}",
         ["admin", "dead-letters"] => "/admin/dead-letters",

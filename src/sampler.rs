@@ -56,6 +56,16 @@ async fn sample(state: &AppState) {
         }
         Err(error) => tracing::debug!(%error, "backlog sample failed"),
     }
+    match crate::store::webhooks::backlog(&state.pool).await {
+        Ok(backlog) => {
+            metrics::gauge!(names::WEBHOOK_DUE_DELIVERIES).set(backlog.due as f64);
+            metrics::gauge!(names::WEBHOOK_OLDEST_DUE).set(backlog.oldest_due_secs);
+        }
+        Err(error) => tracing::debug!(%error, "webhook backlog sample failed"),
+    }
+    if let Ok(failed) = crate::store::webhooks::failed_count(&state.pool).await {
+        metrics::gauge!(names::WEBHOOK_FAILED_DELIVERIES).set(failed as f64);
+    }
     match queries::database_statistics(&state.pool).await {
         Ok(statistics) => {
             metrics::gauge!(names::POSTGRES_CACHE_HIT_RATIO).set(statistics.cache_hit_ratio);

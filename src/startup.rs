@@ -144,19 +144,29 @@ impl Application {
             },
             heartbeat_interval,
         );
-        let background = [jobs.spawn(
-            crate::audit::maintenance::MaintenanceJob {
-                pool: self.state.pool.clone(),
-                database: self.database.clone(),
-                settings: self.state.settings.clone(),
-            },
-            // Soon after start (a restarted engine does not postpone archive and retention),
-            // then at the interval.
-            maintenance_interval.min(Duration::from_secs(60)),
-        )];
+        let deliveries = crate::webhooks::delivery::DeliveryJob::new(
+            self.state.pool.clone(),
+            self.state.settings.webhooks.clone(),
+            self.state.engine.scan_finished(),
+        )?;
+        let background = [
+            jobs.spawn(
+                crate::audit::maintenance::MaintenanceJob {
+                    pool: self.state.pool.clone(),
+                    database: self.database.clone(),
+                    settings: self.state.settings.clone(),
+                },
+                // Soon after start (a restarted engine does not postpone archive and
+                // retention), then at the interval.
+                maintenance_interval.min(Duration::from_secs(60)),
+            ),
+            // At once: deliveries left due by a previous run go out first.
+            jobs.spawn(deliveries, Duration::ZERO),
+        ];
         shutdown.await;
         sampler.abort();
-        // Maintenance finishes its current pass, then stops, before the engine drains.
+        // Maintenance finishes its current pass and webhook attempts in flight finish, then
+        // both stop, before the engine drains.
         jobs.stop();
         for job in background {
             let _ = job.await;

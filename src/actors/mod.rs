@@ -34,6 +34,7 @@ pub struct Engine {
     supervisor: Addr<Supervisor>,
     board: TenantBoard,
     total_backlog: Arc<AtomicI64>,
+    scan_finished: Arc<tokio::sync::Notify>,
     system: actix::System,
     /// Taken by the first `shutdown`.
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -48,6 +49,8 @@ impl Engine {
         let board = TenantBoard::default();
         let total_backlog = Arc::new(AtomicI64::new(0));
         let (actor_board, actor_total_backlog) = (board.clone(), total_backlog.clone());
+        let scan_finished = Arc::new(tokio::sync::Notify::new());
+        let writers_scan_finished = scan_finished.clone();
         let thread = std::thread::Builder::new()
             .name("actors".into())
             .spawn(move || {
@@ -68,6 +71,7 @@ impl Engine {
                             base: Duration::from_millis(settings.writers.retry_base_ms),
                             cap: Duration::from_millis(settings.writers.retry_cap_ms),
                         },
+                        writers_scan_finished,
                     );
                     let supervisor = Supervisor::new(
                         control_pool,
@@ -102,6 +106,7 @@ impl Engine {
             supervisor,
             board,
             total_backlog,
+            scan_finished,
             system,
             thread: std::sync::Mutex::new(Some(thread)),
         })
@@ -120,6 +125,12 @@ impl Engine {
     /// Tells the tenant's actor (if it has one) its new limits.
     pub fn limits_changed(&self, message: LimitsChanged) {
         self.supervisor.do_send(message);
+    }
+
+    /// Signalled whenever a chunk this instance wrote finished a scan (see
+    /// [`webhooks`](crate::webhooks)).
+    pub fn scan_finished(&self) -> Arc<tokio::sync::Notify> {
+        self.scan_finished.clone()
     }
 
     /// Live state of tenants with an actor.

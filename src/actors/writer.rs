@@ -55,6 +55,9 @@ pub struct Writer {
     /// No connection attempt before this instant (set after a failed attempt).
     next_connect_opt: Option<Instant>,
     last_reconnect_log_opt: Option<Instant>,
+    /// Signalled after a chunk's transaction finished a scan (and so recorded its webhook
+    /// deliveries): the delivery worker sends them at once instead of at its next poll.
+    scan_finished: Arc<tokio::sync::Notify>,
 }
 
 /// How a writer backs off while its database is unreachable.
@@ -88,8 +91,10 @@ impl Writer {
         database: Config,
         counters: Arc<WriterCounters>,
         reconnect: ReconnectPolicy,
+        scan_finished: Arc<tokio::sync::Notify>,
     ) -> Writer {
         Writer {
+            scan_finished,
             index,
             database,
             connection_opt: None,
@@ -212,6 +217,7 @@ impl Handler<WriteChunk> for Writer {
     fn handle(&mut self, message: WriteChunk, _context: &mut Context<Self>) -> Self::Result {
         let connection_opt = self.connection_opt.take();
         let database = self.database.clone();
+        let scan_finished = self.scan_finished.clone();
         // While reconnecting keeps failing, the chunk waits out the backoff here.
         let connect_delay = self.next_connect_opt.map_or(Duration::ZERO, |at| {
             at.saturating_duration_since(Instant::now())
@@ -232,6 +238,9 @@ impl Handler<WriteChunk> for Writer {
                 .apply_chunk(message.tenant_id, &message.source)
                 .await;
             record_chunk_metrics(started.elapsed(), message.region, &outcome);
+            if matches!(&outcome, Ok(chunk) if chunk.finished_scan_opt.is_some()) {
+                scan_finished.notify_one();
+            }
             (outcome, Some(connection), attempt)
         };
         // A panic while writing must not take the actor system down: it becomes a retryable
@@ -355,14 +364,22 @@ impl WriterPool {
         database: &Config,
         aging_step: Duration,
         reconnect: ReconnectPolicy,
+        scan_finished: Arc<tokio::sync::Notify>,
     ) -> WriterPool {
         let writers: Vec<_> = (0..count.max(1))
             .map(|index| {
                 let counters = Arc::new(WriterCounters::default());
                 let database = database.clone();
                 let actor_counters = counters.clone();
+                let scan_finished = scan_finished.clone();
                 let address = Supervisor::start(move |_| {
-                    Writer::new(index, database, actor_counters, reconnect)
+                    Writer::new(
+                        index,
+                        database,
+                        actor_counters,
+                        reconnect,
+                        scan_finished.clone(),
+                    )
                 });
                 (address, counters)
             })

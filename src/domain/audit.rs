@@ -30,11 +30,16 @@ pub enum AuditAction {
     AuditMaintenance,
     AuditArchived,
     RetentionRun,
+    WebhookRegistered,
+    WebhookDeleted,
+    WebhookDelivered,
+    WebhookDeliveryFailed,
+    WebhookRedelivered,
 }
 
 impl AuditAction {
     /// Every action name an entry can carry (what `GET /admin/audit?action=` accepts).
-    pub const NAMES: [&'static str; 16] = [
+    pub const NAMES: [&'static str; 21] = [
         "scan_accepted",
         "scan_completed",
         "scan_completed_with_errors",
@@ -51,6 +56,11 @@ impl AuditAction {
         "audit_maintenance",
         "audit_archived",
         "retention_run",
+        "webhook_registered",
+        "webhook_deleted",
+        "webhook_delivered",
+        "webhook_delivery_failed",
+        "webhook_redelivered",
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -69,6 +79,11 @@ impl AuditAction {
             AuditAction::AuditMaintenance => "audit_maintenance",
             AuditAction::AuditArchived => "audit_archived",
             AuditAction::RetentionRun => "retention_run",
+            AuditAction::WebhookRegistered => "webhook_registered",
+            AuditAction::WebhookDeleted => "webhook_deleted",
+            AuditAction::WebhookDelivered => "webhook_delivered",
+            AuditAction::WebhookDeliveryFailed => "webhook_delivery_failed",
+            AuditAction::WebhookRedelivered => "webhook_redelivered",
         }
     }
 }
@@ -307,6 +322,105 @@ impl AuditEvent {
             (
                 format!("retention: {scans_deleted} finished scans and {dead_letters_deleted} replayed dead letters older than {scan_days} days deleted"),
                 format!("lưu giữ dữ liệu: đã xóa {scans_deleted} lượt quét đã xong và {dead_letters_deleted} bản ghi lỗi đã ghi lại, cũ hơn {scan_days} ngày"),
+            ),
+        )
+    }
+
+    /// A webhook endpoint registered (its secret is never part of the entry).
+    pub fn webhook_registered(
+        principal: &Principal,
+        tenant_id: TenantId,
+        endpoint_id: Uuid,
+        url: &str,
+        events: &[String],
+    ) -> AuditEvent {
+        AuditEvent::new(
+            tenant_id,
+            actor_of(principal),
+            AuditAction::WebhookRegistered,
+            endpoint_id.to_string(),
+            json!({ "url": url, "events": events }),
+            (
+                format!("webhook endpoint registered: {url}"),
+                format!("đã đăng ký điểm nhận webhook: {url}"),
+            ),
+        )
+    }
+
+    pub fn webhook_deleted(
+        principal: &Principal,
+        tenant_id: TenantId,
+        endpoint_id: Uuid,
+        url: &str,
+    ) -> AuditEvent {
+        AuditEvent::new(
+            tenant_id,
+            actor_of(principal),
+            AuditAction::WebhookDeleted,
+            endpoint_id.to_string(),
+            json!({ "url": url }),
+            (
+                format!("webhook endpoint deleted: {url}"),
+                format!("đã xóa điểm nhận webhook: {url}"),
+            ),
+        )
+    }
+
+    /// A delivery's final outcome: delivered (a 2xx) or failed after its last attempt.
+    pub fn webhook_outcome(
+        tenant_id: TenantId,
+        delivery_id: Uuid,
+        delivered: bool,
+        attempts: i32,
+        status_code_opt: Option<i32>,
+        error_opt: Option<&str>,
+    ) -> AuditEvent {
+        let details = json!({
+            "attempts": attempts,
+            "last_status_code": status_code_opt,
+            "last_error": error_opt,
+        });
+        if delivered {
+            AuditEvent::new(
+                tenant_id,
+                ENGINE_ACTOR.to_string(),
+                AuditAction::WebhookDelivered,
+                delivery_id.to_string(),
+                details,
+                (
+                    format!("webhook delivered after {attempts} attempts"),
+                    format!("đã gửi webhook sau {attempts} lần thử"),
+                ),
+            )
+        } else {
+            AuditEvent::new(
+                tenant_id,
+                ENGINE_ACTOR.to_string(),
+                AuditAction::WebhookDeliveryFailed,
+                delivery_id.to_string(),
+                details,
+                (
+                    format!("webhook delivery failed after {attempts} attempts"),
+                    format!("gửi webhook thất bại sau {attempts} lần thử"),
+                ),
+            )
+        }
+    }
+
+    pub fn webhook_redelivered(
+        principal: &Principal,
+        tenant_id: TenantId,
+        delivery_id: Uuid,
+    ) -> AuditEvent {
+        AuditEvent::new(
+            tenant_id,
+            actor_of(principal),
+            AuditAction::WebhookRedelivered,
+            delivery_id.to_string(),
+            json!({}),
+            (
+                "webhook delivery sent again by hand".to_string(),
+                "đã gửi lại webhook theo yêu cầu".to_string(),
             ),
         )
     }

@@ -91,7 +91,7 @@ fn tenant_json(state: &AppState, tenant: &TenantRow) -> serde_json::Value {
     })
 }
 
-fn parse_tenant_path(text: &str) -> Result<TenantId, ApiError> {
+pub(super) fn parse_tenant_path(text: &str) -> Result<TenantId, ApiError> {
     Uuid::parse_str(text).map(TenantId).map_err(|_| {
         ApiError::bad_request(
             "invalid_tenant_id",
@@ -101,7 +101,7 @@ fn parse_tenant_path(text: &str) -> Result<TenantId, ApiError> {
     })
 }
 
-fn tenant_not_found() -> ApiError {
+pub(super) fn tenant_not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "tenant_not_found",

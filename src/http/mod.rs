@@ -15,6 +15,7 @@ mod headers;
 mod health;
 mod ingest;
 pub mod listener;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -353,6 +354,50 @@ pub fn routes(
         .then(audit::list_archives)
         .boxed();
 
+    let register_webhook = warp::path!("admin" / "tenants" / String / "webhooks")
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(authorization)
+        .and(small_body)
+        .then(webhooks::register)
+        .boxed();
+    let list_webhooks = warp::path!("admin" / "tenants" / String / "webhooks")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(authorization)
+        .then(webhooks::list)
+        .boxed();
+    let delete_webhook = warp::path!("admin" / "tenants" / String / "webhooks" / String)
+        .and(warp::delete())
+        .and(with_state.clone())
+        .and(authorization)
+        .then(webhooks::delete)
+        .boxed();
+    let list_webhook_deliveries = warp::path!("admin" / "tenants" / String / "webhook-deliveries")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(authorization)
+        .and(query)
+        .then(webhooks::list_deliveries)
+        .boxed();
+    let redeliver_webhook =
+        warp::path!("admin" / "tenants" / String / "webhook-deliveries" / String / "redeliver")
+            .and(warp::post())
+            .and(with_state.clone())
+            .and(authorization)
+            .then(webhooks::redeliver)
+            .boxed();
+    let webhook_routes = register_webhook
+        .or(list_webhooks)
+        .unify()
+        .or(delete_webhook)
+        .unify()
+        .or(list_webhook_deliveries)
+        .unify()
+        .or(redeliver_webhook)
+        .unify()
+        .boxed();
+
     let admin_routes = create_tenant
         .or(list_tenants)
         .unify()
@@ -377,6 +422,8 @@ pub fn routes(
         .or(list_audit_archives)
         .unify()
         .or(list_instances)
+        .unify()
+        .or(webhook_routes)
         .unify()
         .boxed();
 

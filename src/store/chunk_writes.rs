@@ -91,7 +91,10 @@ const TAKE_STAGED: &str = "DELETE FROM staged_chunks WHERE tenant_id = $1 AND ch
 /// finishes the scan, else `off` (PostgreSQL applies the value in force at `COMMIT`). The chunk
 /// that finishes the scan also writes its audit entry (`scan_` and the final status, event id
 /// `$5`), in the same statement and transaction: exactly one chunk brings a scan's counts to
-/// its total, so a finished scan has exactly one entry, and an unfinished one none.
+/// its total, so a finished scan has exactly one entry, and an unfinished one none. For the same
+/// reason it is where the scan's webhook deliveries are recorded (the outbox of
+/// [`webhooks`](crate::webhooks)): one per endpoint of the tenant whose events include
+/// `scan.` and the final status, each with the body every attempt will send.
 const ADVANCE_SCAN: &str = "WITH advanced AS (UPDATE scans SET \
         records_processed = records_processed + $3, \
         records_failed = records_failed + $4, \
@@ -104,7 +107,24 @@ const ADVANCE_SCAN: &str = "WITH advanced AS (UPDATE scans SET \
             WHEN records_processed + records_failed + $3 + $4 < records_total THEN NULL \
             ELSE now() END \
      WHERE tenant_id = $1 AND scan_id = $2 \
-     RETURNING status, records_total, records_processed, records_failed), \
+     RETURNING status, records_total, records_processed, records_failed, created_at, \
+        started_at, completed_at), \
+     announced AS (INSERT INTO webhook_deliveries \
+        (tenant_id, delivery_id, endpoint_id, event, scan_id, payload) \
+        SELECT $1, gen_random_uuid(), endpoint.endpoint_id, 'scan.' || advanced.status, $2, \
+            jsonb_build_object('type', 'scan.' || advanced.status, 'timestamp', now(), \
+                'data', jsonb_build_object('tenant_id', $1, 'scan_id', $2, \
+                    'status', advanced.status, \
+                    'status_vi', CASE advanced.status WHEN 'completed' THEN 'hoàn thành' \
+                        WHEN 'completed_with_errors' THEN 'hoàn thành có lỗi' ELSE 'thất bại' END, \
+                    'records_total', advanced.records_total, \
+                    'records_processed', advanced.records_processed, \
+                    'records_failed', advanced.records_failed, \
+                    'created_at', advanced.created_at, 'started_at', advanced.started_at, \
+                    'completed_at', advanced.completed_at)) \
+        FROM advanced JOIN webhook_endpoints AS endpoint \
+            ON endpoint.tenant_id = $1 AND 'scan.' || advanced.status = ANY (endpoint.events) \
+        WHERE advanced.status <> 'processing'), \
      audited AS (INSERT INTO audit_log \
         (tenant_id, occurred_at, event_id, actor, action, subject, details, summary, summary_vi) \
         SELECT $1, now(), $5, 'engine', 'scan_' || status, $2::text, \

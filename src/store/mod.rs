@@ -23,6 +23,7 @@ pub mod queries;
 pub mod reads;
 pub mod retention;
 pub mod staging;
+pub mod webhooks;
 
 pub use connections::{connect, Pool, ReadPool};
 

@@ -17,3 +17,4 @@ mod reads;
 mod recovery;
 mod scans;
 mod schema;
+mod webhooks;

@@ -17,15 +17,15 @@ use crate::helpers::{
     spawn_app_on, test_server, url_of,
 };
 
-struct EngineProcess {
+pub struct EngineProcess {
     child: Child,
-    address: String,
+    pub address: String,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl EngineProcess {
     /// Starts the binary from the repository root, as the README's run command does.
-    fn start(environment: &[(&str, String)]) -> EngineProcess {
+    pub fn start(environment: &[(&str, String)]) -> EngineProcess {
         EngineProcess::start_in(&repository_path(""), environment)
     }
 
@@ -73,11 +73,11 @@ impl EngineProcess {
         }
     }
 
-    fn signal(&self, signal: Signal) {
+    pub fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.child.id() as i32), signal).expect("the engine process exists");
     }
 
-    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
