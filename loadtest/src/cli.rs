@@ -95,6 +95,11 @@ pub enum Scenario {
     /// The audit log at size: millions of entries loaded by COPY, one tenant's month read
     /// through GET /admin/audit, old months archived by `ingest-engine audit maintain`.
     Audit(AuditOptions),
+    /// Scan notifications: the scans burst without and with a webhook endpoint per tenant
+    /// (phases alternating), delivery delay after each scan's completion, and the cost to
+    /// ingestion. Run the engine with INGEST__WEBHOOKS__ALLOW_PRIVATE_TARGETS=true (the
+    /// receiver listens on loopback).
+    Webhooks(WebhooksOptions),
     /// scans, batch, mixed, fairness and baseline in sequence, each with its defaults.
     All,
 }
@@ -261,6 +266,27 @@ pub struct RlsOptions {
     /// Timed runs of each read, with and without row-level security, alternating.
     #[arg(long, default_value_t = 200)]
     pub rounds: usize,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct WebhooksOptions {
+    /// Tenants per phase, each submitting one scan at the same moment (with an endpoint each in
+    /// the phases with webhooks).
+    #[arg(long, default_value_t = DEFAULT_SCAN_TENANTS)]
+    pub tenants: usize,
+    /// Records in each scan.
+    #[arg(long, default_value_t = DEFAULT_SCAN_RECORDS)]
+    pub records: usize,
+    /// Rounds of four phases: without, with, with, without webhooks, so both kinds see the
+    /// table at the same sizes on average.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Interval between two status reads of one scan.
+    #[arg(long, default_value_t = DEFAULT_POLL_INTERVAL_MS)]
+    pub poll_interval_ms: u64,
+    /// Milliseconds the receiver takes to answer each delivery.
+    #[arg(long, default_value_t = 0)]
+    pub receiver_delay_ms: u64,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]

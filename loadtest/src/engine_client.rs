@@ -23,6 +23,8 @@ pub const SUBMIT_BATCH: &str = "POST /batch/processing-activities";
 pub const ACTIVITIES_PAGE: &str = "GET /analytics/processing-activities";
 pub const COMPLIANCE_SUMMARY: &str = "GET /analytics/compliance-summary";
 pub const AUDIT_PAGE: &str = "GET /admin/audit";
+pub const CREATE_TENANT: &str = "POST /admin/tenants";
+pub const REGISTER_WEBHOOK: &str = "POST /admin/tenants/{tenant_id}/webhooks";
 
 /// A client of one engine, shared by every request task of a scenario.
 #[derive(Clone)]
@@ -207,6 +209,23 @@ impl EngineClient {
             path.push_str(&format!("&cursor={cursor}"));
         }
         self.send(AUDIT_PAGE, self.http.get(self.url(&path))).await
+    }
+
+    /// A JSON `POST` to an admin route (`endpoint` names it in the report).
+    pub async fn post_json(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<Exchange, String> {
+        self.send(
+            endpoint,
+            self.http
+                .post(self.url(path))
+                .body(body.to_string())
+                .header(CONTENT_TYPE, "application/json"),
+        )
+        .await
     }
 
     fn url(&self, path_and_query: &str) -> String {

@@ -279,6 +279,7 @@ pub struct SecondsSummary {
     pub min_seconds: f64,
     pub p50_seconds: f64,
     pub p95_seconds: f64,
+    pub p99_seconds: f64,
     pub max_seconds: f64,
 }
 
@@ -298,6 +299,7 @@ pub fn summarize_seconds(values: &[f64]) -> Option<SecondsSummary> {
         min_seconds: round_to_thousandths(sorted[0]),
         p50_seconds: round_to_thousandths(nearest_rank(0.50)),
         p95_seconds: round_to_thousandths(nearest_rank(0.95)),
+        p99_seconds: round_to_thousandths(nearest_rank(0.99)),
         max_seconds: round_to_thousandths(sorted[sorted.len() - 1]),
     })
 }

@@ -13,6 +13,7 @@ pub mod mixed;
 pub mod rls;
 pub mod scans;
 pub mod soak;
+pub mod webhooks;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -244,6 +245,45 @@ impl ScanWatch {
             }
         }
     }
+}
+
+/// Submits every `(tenant, body)` at the same moment and follows each scan to its end, with a
+/// progress bar labelled `label`. Returns when the first submission left, and every scan.
+pub async fn submit_all_and_follow(
+    context: &Context,
+    bodies: Vec<(Uuid, Bytes)>,
+    records_per_scan: usize,
+    poll_interval: Duration,
+    label: &str,
+) -> (DateTime<Utc>, Vec<FollowedScan>) {
+    let progress = progress_bar((bodies.len() * records_per_scan) as u64, label);
+    let started_at = Utc::now();
+    let watch = ScanWatch {
+        client: context.client.clone(),
+        poll_interval,
+        deadline: Instant::now() + context.timeout(),
+        progress: progress.clone(),
+        records_done: Arc::new(AtomicI64::new(0)),
+        max_attempts: context.global.max_attempts,
+    };
+    let tasks: Vec<_> = bodies
+        .into_iter()
+        .map(|(tenant_id, body)| {
+            let watch = watch.clone();
+            tokio::spawn(async move {
+                watch
+                    .submit_and_follow(tenant_id, body, records_per_scan)
+                    .await
+            })
+        })
+        .collect();
+    let followed: Vec<FollowedScan> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|joined| joined.expect("following a scan records failures and does not panic"))
+        .collect();
+    progress.finish_and_clear();
+    (started_at, followed)
 }
 
 /// Starts sampling records written per second (see [`WrittenRecordsSampler`]).

@@ -4,8 +4,6 @@
 //! engine's rate as a fraction of that baseline.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicI64;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,8 +13,8 @@ use uuid::Uuid;
 
 use super::baseline::{self, measure, push_baseline_summary};
 use super::{
-    finish_insert_sampler, finish_memory, generate_in_parallel, progress_bar, start_insert_sampler,
-    Context, FollowedScan, ScanWatch, TIMELINE_NOTE,
+    finish_insert_sampler, finish_memory, generate_in_parallel, start_insert_sampler,
+    submit_all_and_follow, Context, FollowedScan, TIMELINE_NOTE,
 };
 use crate::cli::ScansOptions;
 use crate::data::{generate_records, scan_body};
@@ -73,36 +71,16 @@ pub async fn run(context: &Context, options: &ScansOptions) -> ScenarioReport {
         generation_seconds: round_to_thousandths(generation_started.elapsed().as_secs_f64()),
     };
 
-    let progress = progress_bar(data.records, "engine scans");
     let memory_sampler_opt = context.start_memory_sampler();
     let insert_sampler = start_insert_sampler(context).await;
-    let started_at = Utc::now();
-    let started = Instant::now();
-    let watch = ScanWatch {
-        client: context.client.clone(),
-        poll_interval: Duration::from_millis(options.poll_interval_ms),
-        deadline: started + context.timeout(),
-        progress: progress.clone(),
-        records_done: Arc::new(AtomicI64::new(0)),
-        max_attempts: context.global.max_attempts,
-    };
-    let tasks: Vec<_> = bodies
-        .into_iter()
-        .map(|(tenant_id, body)| {
-            let watch = watch.clone();
-            tokio::spawn(async move {
-                watch
-                    .submit_and_follow(tenant_id, body, records_per_scan)
-                    .await
-            })
-        })
-        .collect();
-    let followed: Vec<FollowedScan> = futures_util::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(|joined| joined.expect("following a scan records failures and does not panic"))
-        .collect();
-    progress.finish_and_clear();
+    let (started_at, followed) = submit_all_and_follow(
+        context,
+        bodies,
+        records_per_scan,
+        Duration::from_millis(options.poll_interval_ms),
+        "engine scans",
+    )
+    .await;
     let (memory_opt, memory_error_opt) = finish_memory(context, memory_sampler_opt).await;
     let mut notes = vec![
         "Records/s counts records in finished scans over the time from the first POST to the last completed_at (the engine's clock, on this machine).".to_string(),
