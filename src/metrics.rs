@@ -37,6 +37,9 @@ pub const AUDIT_ARCHIVE_RUNS: &str = "ingest_audit_archive_runs_total";
 pub const AUDIT_ARCHIVED_ROWS: &str = "ingest_audit_archived_rows_total";
 pub const CLUSTER_LIVE_INSTANCES: &str = "ingest_cluster_live_instances";
 pub const CLUSTER_HEARTBEAT_FAILURES: &str = "ingest_cluster_heartbeat_failures_total";
+pub const CLUSTER_TENANTS_OWNED: &str = "ingest_cluster_tenants_owned";
+pub const CLUSTER_OWNERSHIP_CHANGES: &str = "ingest_cluster_ownership_changes_total";
+pub const CLUSTER_FENCED_WRITES: &str = "ingest_cluster_fenced_writes_total";
 pub const WEBHOOK_DELIVERIES: &str = "ingest_webhook_deliveries_total";
 pub const WEBHOOK_ATTEMPT_DURATION: &str = "ingest_webhook_attempt_duration_seconds";
 pub const WEBHOOK_DUE_DELIVERIES: &str = "ingest_webhook_due_deliveries";
@@ -283,6 +286,24 @@ fn describe() {
         "Engine instances on this database whose lease has not expired (by the database's \
          clock), as this instance saw at its last heartbeat."
     );
+    describe_gauge!(
+        CLUSTER_TENANTS_OWNED,
+        Unit::Count,
+        "Tenants this instance owns (their actors may run only here)."
+    );
+    describe_counter!(
+        CLUSTER_OWNERSHIP_CHANGES,
+        Unit::Count,
+        "Tenant ownership changes made by this instance, by kind (claimed: taken unowned or from \
+         a lost instance; handed_over: given to the instance it prefers; released: handed back \
+         at shutdown)."
+    );
+    describe_counter!(
+        CLUSTER_FENCED_WRITES,
+        Unit::Count,
+        "Tenant actors of this instance whose chunk transaction was refused because another \
+         instance owns the tenant now (nothing was written; the actor stopped)."
+    );
     describe_counter!(
         CLUSTER_HEARTBEAT_FAILURES,
         Unit::Count,
@@ -363,6 +384,10 @@ fn register_zeroes() {
     }
     metrics::counter!(AUDIT_ARCHIVED_ROWS).increment(0);
     metrics::counter!(CLUSTER_HEARTBEAT_FAILURES).increment(0);
+    metrics::counter!(CLUSTER_FENCED_WRITES).increment(0);
+    for kind in ["claimed", "handed_over", "released"] {
+        metrics::counter!(CLUSTER_OWNERSHIP_CHANGES, "kind" => kind).increment(0);
+    }
     for outcome in ["succeeded", "retried", "failed", "superseded"] {
         metrics::counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).increment(0);
     }

@@ -21,6 +21,7 @@ pub struct Application {
     /// For the connections of background jobs that need their own (the archive's).
     database: tokio_postgres::Config,
     state: Arc<AppState>,
+    view: Arc<crate::cluster::view::ClusterView>,
     server: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
     stop_server: oneshot::Sender<()>,
 }
@@ -57,8 +58,9 @@ impl Application {
         crate::audit::upkeep::run_at_startup(&pool, &settings.audit)
             .await
             .context("creating the audit log's monthly partitions")?;
-        let engine = Engine::start(&settings, &database)?;
         let instance_id = crate::cluster::heartbeat::instance_id(&settings.cluster.instance_id);
+        let view = Arc::new(crate::cluster::view::ClusterView::new(instance_id.clone()));
+        let engine = Engine::start(&settings, &database, view.clone())?;
         let host: IpAddr =
             settings.http.host.parse().with_context(|| {
                 format!("http.host {:?} is not an IP address", settings.http.host)
@@ -109,6 +111,7 @@ impl Application {
             address,
             database,
             state,
+            view,
             server: Box::pin(server),
             stop_server,
         })
@@ -149,7 +152,30 @@ impl Application {
             self.state.settings.webhooks.clone(),
             self.state.engine.scan_finished(),
         )?;
+        let (stop_listening, listening) = tokio::sync::watch::channel(false);
+        let membership_changed = Arc::new(tokio::sync::Notify::new());
+        let listener = tokio::spawn(crate::cluster::notifications::listen(
+            self.database.clone(),
+            self.state.engine.handle(),
+            membership_changed.clone(),
+            listening,
+        ));
+        // The others rebalance now, not at their next pass.
+        if let Err(error) = crate::store::ownership::announce_membership(&self.state.pool).await {
+            tracing::debug!(%error, "could not announce this instance; the others see it at their next pass");
+        }
         let background = [
+            jobs.spawn(
+                crate::cluster::ownership::OwnershipJob {
+                    pool: self.state.pool.clone(),
+                    view: self.view.clone(),
+                    engine: self.state.engine.handle(),
+                    interval: heartbeat_interval,
+                    owned: Default::default(),
+                    membership_changed,
+                },
+                Duration::ZERO,
+            ),
             jobs.spawn(
                 crate::audit::maintenance::MaintenanceJob {
                     pool: self.state.pool.clone(),
@@ -165,18 +191,31 @@ impl Application {
         ];
         shutdown.await;
         sampler.abort();
-        // Maintenance finishes its current pass and webhook attempts in flight finish, then
-        // both stop, before the engine drains.
+        // Maintenance finishes its current pass, webhook attempts in flight finish, the
+        // ownership pass and the listener stop, all before the engine drains.
         jobs.stop();
+        let _ = stop_listening.send(true);
         for job in background {
             let _ = job.await;
         }
+        let _ = listener.await;
         tracing::info!("shutting down");
         self.state.accepting.store(false, Ordering::Release);
         let grace = Duration::from_secs(self.state.settings.shutdown.grace_period_secs);
         self.state.engine.shutdown(grace).await;
-        // Writes are done: stop the heartbeat and hand the lease back, so other instances see
-        // this one gone at once.
+        // Writes are done: hand the tenants back, then stop the heartbeat and hand the lease
+        // back, so other instances take the tenants at once.
+        match crate::store::ownership::release_all(&self.state.pool, &self.state.instance_id).await
+        {
+            Ok(released) => {
+                metrics::counter!(crate::metrics::CLUSTER_OWNERSHIP_CHANGES, "kind" => "released")
+                    .increment(released);
+                tracing::info!(tenants = released, "tenants handed back");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not hand the tenants back; they are taken when the lease expires")
+            }
+        }
         liveness.stop();
         let _ = heartbeat.await;
         if let Err(error) =

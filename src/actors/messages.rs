@@ -4,7 +4,7 @@ use actix::Message;
 use tokio::sync::oneshot;
 
 use crate::domain::{Priority, Region, TenantId};
-use crate::store::chunk_writes::{ChunkOutcome, ChunkSource};
+use crate::store::chunk_writes::{ChunkOutcome, ChunkSource, Fence};
 use crate::store::staging::{ChunkRef, TenantLimits};
 use crate::store::StoreError;
 
@@ -17,6 +17,8 @@ pub struct WriteChunk {
     /// The tenant's region, for the `region` label of the write metrics.
     pub region: Region,
     pub source: ChunkSource,
+    /// This instance's ownership of the tenant, which the chunk's transaction checks.
+    pub fence: Fence,
 }
 
 /// HTTP → supervisor → tenant actor: these staged chunks are committed and wait to be written.
@@ -70,3 +72,26 @@ pub struct LimitsChanged {
     pub tenant_id: TenantId,
     pub limits: TenantLimits,
 }
+
+/// Ownership pass → supervisor: the tenants this instance owns now, with their epochs. Actors
+/// of tenants no longer owned (or owned under another epoch) are drained and stopped; owned
+/// tenants' staged work is swept at once.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct OwnedTenants {
+    pub owned: std::collections::HashMap<TenantId, i64>,
+}
+
+/// Notification listener → supervisor: this tenant has new staged work or new limits,
+/// recorded by any instance. Acted on only if this instance owns the tenant.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct TenantNotified {
+    pub tenant_id: TenantId,
+}
+
+/// Notification listener → supervisor: notifications may have been missed (the listening
+/// connection was replaced); sweep everything owned.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SweepNow;

@@ -24,6 +24,7 @@ use self::supervisor::{EngineState, GetEngineState, Supervisor};
 use self::tenant::TenantActorSettings;
 use self::writer::{ReconnectPolicy, WriterPool};
 use crate::config::Settings;
+use crate::domain::TenantId;
 use crate::store::connections::build_pool;
 use crate::store::staging::TenantDefaults;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -42,7 +43,11 @@ pub struct Engine {
 
 impl Engine {
     /// Starts the actor thread, its writers and supervisor; returns once they run.
-    pub fn start(settings: &Settings, database: &tokio_postgres::Config) -> anyhow::Result<Engine> {
+    pub fn start(
+        settings: &Settings,
+        database: &tokio_postgres::Config,
+        view: Arc<crate::cluster::view::ClusterView>,
+    ) -> anyhow::Result<Engine> {
         let (ready_sender, ready_receiver) = std::sync::mpsc::channel();
         let settings = settings.clone();
         let database = database.clone();
@@ -88,8 +93,8 @@ impl Engine {
                         },
                         tenant_defaults(&settings),
                         Duration::from_secs(settings.tenants.sweep_interval_secs.max(1)),
-                        actor_board,
-                        actor_total_backlog,
+                        (actor_board, actor_total_backlog),
+                        view,
                     )
                     .start();
                     let _ = ready_sender.send((supervisor, actix::System::current()));
@@ -125,6 +130,13 @@ impl Engine {
     /// Tells the tenant's actor (if it has one) its new limits.
     pub fn limits_changed(&self, message: LimitsChanged) {
         self.supervisor.do_send(message);
+    }
+
+    /// A handle for the cluster's background work (the ownership pass, the listener).
+    pub fn handle(&self) -> EngineHandle {
+        EngineHandle {
+            supervisor: self.supervisor.clone(),
+        }
     }
 
     /// Signalled whenever a chunk this instance wrote finished a scan (see
@@ -192,5 +204,29 @@ pub fn tenant_defaults(settings: &Settings) -> TenantDefaults {
         records_per_second: settings.tenants.default_records_per_second,
         burst: settings.tenants.default_burst,
         max_backlog_records: settings.tenants.default_max_backlog_records,
+    }
+}
+
+/// What the cluster's background work tells the engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    supervisor: Addr<Supervisor>,
+}
+
+impl EngineHandle {
+    /// The tenants this instance owns now, with their epochs.
+    pub fn owned_tenants(&self, owned: std::collections::HashMap<TenantId, i64>) {
+        self.supervisor.do_send(messages::OwnedTenants { owned });
+    }
+
+    /// A tenant has new staged work or limits (a notification from any instance).
+    pub fn tenant_notified(&self, tenant_id: TenantId) {
+        self.supervisor
+            .do_send(messages::TenantNotified { tenant_id });
+    }
+
+    /// Notifications may have been missed: sweep every owned tenant.
+    pub fn sweep_now(&self) {
+        self.supervisor.do_send(messages::SweepNow);
     }
 }

@@ -11,19 +11,30 @@
 //!
 //! Failure model: a tenant actor that stops is simply forgotten; its staged chunks come back
 //! with the next sweep. Writers are restarted by their own `actix::Supervisor` (see `writer`).
+//!
+//! Ownership (SPEC section 8): a tenant's actor runs here only while this instance owns the
+//! tenant ([`OwnedTenants`] from the ownership pass, or a claim made here on first use), and it
+//! carries the epoch its chunk transactions are fenced with. Work for a tenant another instance
+//! owns is left to that instance (told by a notification at the staging commit); a batch for
+//! such a tenant is answered as fenced (503, retry).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use super::board::TenantBoard;
-use super::messages::{BatchSubmitted, ChunksStaged, Drain, LimitsChanged};
-use super::tenant::{StopTenant, TenantActor, TenantActorSettings};
+use super::messages::{
+    BatchChunkError, BatchSubmitted, ChunksStaged, Drain, LimitsChanged, OwnedTenants, SweepNow,
+    TenantNotified,
+};
+use super::tenant::{StopTenant, TenantActor, TenantActorSettings, TenantActorShared};
 use super::writer::WriterPool;
+use crate::cluster::view::ClusterView;
 use crate::domain::TenantId;
+use crate::store::chunk_writes::Fence;
 use crate::store::staging::{self, ChunkRef, TenantDefaults};
-use crate::store::{governance, Pool};
+use crate::store::{governance, ownership, Pool, StoreError};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
@@ -62,6 +73,12 @@ pub struct Supervisor {
     board: TenantBoard,
     /// Records staged over all tenants, as of the last sweep (read by HTTP for the global bound).
     total_backlog: Arc<AtomicI64>,
+    view: Arc<ClusterView>,
+    instance_id: Arc<str>,
+    /// Tenants this instance owns, with their epochs.
+    owned: HashMap<TenantId, i64>,
+    /// Tenants with a claim under way from here.
+    claiming: HashSet<TenantId>,
 }
 
 impl Supervisor {
@@ -71,8 +88,8 @@ impl Supervisor {
         tenant_settings: TenantActorSettings,
         tenant_defaults: TenantDefaults,
         sweep_interval: Duration,
-        board: TenantBoard,
-        total_backlog: Arc<AtomicI64>,
+        (board, total_backlog): (TenantBoard, Arc<AtomicI64>),
+        view: Arc<ClusterView>,
     ) -> Supervisor {
         Supervisor {
             control_pool,
@@ -85,32 +102,109 @@ impl Supervisor {
             draining: false,
             board,
             total_backlog,
+            instance_id: Arc::from(view.instance_id.as_str()),
+            view,
+            owned: HashMap::new(),
+            claiming: HashSet::new(),
         }
     }
 
-    /// The tenant's actor, spawned when it has none (or a stopped one).
+    /// The tenant's actor, spawned when it has none (or a stopped one); `None` unless this
+    /// instance owns the tenant.
     fn tenant_actor(
         &mut self,
         tenant_id: TenantId,
         context: &mut Context<Self>,
-    ) -> Addr<TenantActor> {
+    ) -> Option<Addr<TenantActor>> {
+        let epoch = *self.owned.get(&tenant_id)?;
         if let Some(address) = self.tenants.get(&tenant_id) {
             if address.connected() {
-                return address.clone();
+                return Some(address.clone());
             }
         }
         let address = TenantActor::new(
             tenant_id,
-            self.tenant_defaults,
-            self.tenant_settings.clone(),
-            self.writers.clone(),
-            self.control_pool.clone(),
-            context.address().recipient(),
-            self.board.clone(),
+            Fence {
+                instance_id: self.instance_id.clone(),
+                epoch,
+            },
+            TenantActorShared {
+                defaults: self.tenant_defaults,
+                settings: self.tenant_settings.clone(),
+                writers: self.writers.clone(),
+                control_pool: self.control_pool.clone(),
+                idle_recipient: context.address().recipient(),
+                board: self.board.clone(),
+            },
         )
         .start();
         self.tenants.insert(tenant_id, address.clone());
-        address
+        Some(address)
+    }
+
+    /// Takes in the owned set from the database: actors of tenants lost (or owned under a new
+    /// epoch) are drained and stopped, their staged chunks left for their owner.
+    fn apply_owned(&mut self, owned: HashMap<TenantId, i64>, context: &mut Context<Self>) {
+        let lost: Vec<TenantId> = self
+            .owned
+            .iter()
+            .filter(|(tenant_id, epoch)| owned.get(tenant_id) != Some(epoch))
+            .map(|(tenant_id, _)| *tenant_id)
+            .collect();
+        let gained = owned
+            .keys()
+            .filter(|tenant_id| !self.owned.contains_key(tenant_id))
+            .count();
+        for tenant_id in &lost {
+            if let Some(address) = self.tenants.remove(tenant_id) {
+                address.do_send(Drain);
+                address.do_send(StopTenant);
+            }
+        }
+        if !lost.is_empty() {
+            tracing::info!(
+                lost = lost.len(),
+                "tenants no longer owned here; their actors stop"
+            );
+        }
+        self.owned = owned;
+        metrics::gauge!(crate::metrics::CLUSTER_TENANTS_OWNED).set(self.owned.len() as f64);
+        if gained > 0 {
+            self.sweep(context);
+        }
+    }
+
+    /// Claims one tenant for this instance (first use of a tenant nobody live owns), then runs
+    /// `then` with whether it is owned here now.
+    fn claim_then(
+        &mut self,
+        tenant_id: TenantId,
+        context: &mut Context<Self>,
+        then: impl FnOnce(&mut Supervisor, bool, &mut Context<Self>) + 'static,
+    ) {
+        self.claiming.insert(tenant_id);
+        let pool = self.control_pool.clone();
+        let instance_id = self.instance_id.to_string();
+        let claim = async move { ownership::claim(&pool, &instance_id, &[tenant_id]).await };
+        context.spawn(
+            claim
+                .into_actor(self)
+                .map(move |result, supervisor, context| {
+                    supervisor.claiming.remove(&tenant_id);
+                    match result {
+                        Ok(owned) => {
+                            let owned: HashMap<TenantId, i64> = owned.into_iter().collect();
+                            let is_owned = owned.contains_key(&tenant_id);
+                            supervisor.apply_owned(owned, context);
+                            then(supervisor, is_owned, context);
+                        }
+                        Err(error) => {
+                            tracing::warn!(%tenant_id, %error, "claiming a tenant failed");
+                            then(supervisor, false, context);
+                        }
+                    }
+                }),
+        );
     }
 
     fn sweep(&mut self, context: &mut Context<Self>) {
@@ -151,10 +245,12 @@ impl Supervisor {
             for chunk in chunks {
                 by_tenant.entry(chunk.tenant_id).or_default().push(chunk);
             }
+            // Only owned tenants: the others' owners sweep them (and the ownership pass hands
+            // this instance the tenants it should own).
             for (tenant_id, chunks) in by_tenant {
-                supervisor
-                    .tenant_actor(tenant_id, context)
-                    .do_send(ChunksStaged { tenant_id, chunks });
+                if let Some(address) = supervisor.tenant_actor(tenant_id, context) {
+                    address.do_send(ChunksStaged { tenant_id, chunks });
+                }
             }
         }));
     }
@@ -177,18 +273,115 @@ impl Actor for Supervisor {
 impl Handler<ChunksStaged> for Supervisor {
     type Result = ();
 
+    /// Staged work of a tenant owned elsewhere is its owner's (told by the staging commit's
+    /// notification); of a tenant nobody owns yet, this instance claims it if it is the
+    /// tenant's preferred owner.
     fn handle(&mut self, message: ChunksStaged, context: &mut Context<Self>) {
-        self.tenant_actor(message.tenant_id, context)
-            .do_send(message);
+        let tenant_id = message.tenant_id;
+        if let Some(address) = self.tenant_actor(tenant_id, context) {
+            address.do_send(message);
+            return;
+        }
+        if self.draining
+            || self.claiming.contains(&tenant_id)
+            || !self.view.prefers_this_instance(tenant_id)
+        {
+            return;
+        }
+        self.claim_then(tenant_id, context, move |supervisor, owned, context| {
+            if owned {
+                if let Some(address) = supervisor.tenant_actor(tenant_id, context) {
+                    address.do_send(message);
+                }
+            }
+        });
     }
 }
 
 impl Handler<BatchSubmitted> for Supervisor {
     type Result = ();
 
+    /// A batch waits for its answer, so its tenant is claimed here unless another live
+    /// instance owns it; then the batch is refused as fenced (503: sent again, the load
+    /// balancer may reach the owner).
     fn handle(&mut self, message: BatchSubmitted, context: &mut Context<Self>) {
-        self.tenant_actor(message.tenant_id, context)
-            .do_send(message);
+        let tenant_id = message.tenant_id;
+        if let Some(address) = self.tenant_actor(tenant_id, context) {
+            address.do_send(message);
+            return;
+        }
+        self.claim_then(
+            tenant_id,
+            context,
+            move |supervisor, owned, context| match owned
+                .then(|| supervisor.tenant_actor(tenant_id, context))
+                .flatten()
+            {
+                Some(address) => address.do_send(message),
+                None => {
+                    for chunk in message.chunks {
+                        let _ = chunk
+                            .done
+                            .send(Err(BatchChunkError::Database(StoreError::Fenced)));
+                    }
+                }
+            },
+        );
+    }
+}
+
+impl Handler<OwnedTenants> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, message: OwnedTenants, context: &mut Context<Self>) {
+        if self.draining {
+            return;
+        }
+        self.apply_owned(message.owned, context);
+    }
+}
+
+impl Handler<TenantNotified> for Supervisor {
+    type Result = ();
+
+    /// New staged work or limits of a tenant, recorded by any instance: the owner reads both.
+    fn handle(&mut self, message: TenantNotified, context: &mut Context<Self>) {
+        let tenant_id = message.tenant_id;
+        if self.draining || !self.owned.contains_key(&tenant_id) {
+            return;
+        }
+        let pool = self.control_pool.clone();
+        let read = async move {
+            let chunks = staging::staged_chunk_refs(&pool, Some(tenant_id)).await?;
+            let limits = governance::limits_of(&pool, &[tenant_id]).await?;
+            Ok::<_, StoreError>((chunks, limits))
+        };
+        context.spawn(read.into_actor(self).map(move |result, supervisor, context| {
+            let (chunks, limits) = match result {
+                Ok(read) => read,
+                Err(error) => {
+                    tracing::debug!(%tenant_id, %error, "reading a notified tenant failed; the sweep will");
+                    return;
+                }
+            };
+            let Some(address) = supervisor.tenant_actor(tenant_id, context) else {
+                return;
+            };
+            for (tenant_id, limits) in limits {
+                address.do_send(LimitsChanged { tenant_id, limits });
+            }
+            if !chunks.is_empty() {
+                address.do_send(ChunksStaged { tenant_id, chunks });
+            }
+        }));
+    }
+}
+
+impl Handler<SweepNow> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _message: SweepNow, context: &mut Context<Self>) {
+        self.sweep(context);
     }
 }
 

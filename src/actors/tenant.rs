@@ -31,7 +31,7 @@ use super::supervisor::TenantIdle;
 use super::token_bucket::TokenBucket;
 use super::writer::WriterPool;
 use crate::domain::{Priority, Region, TenantId};
-use crate::store::chunk_writes::{ChunkOutcome, ChunkSource};
+use crate::store::chunk_writes::{ChunkOutcome, ChunkSource, Fence};
 use crate::store::staging::{self, ChunkRef, TenantDefaults, TenantLimits};
 use crate::store::{Pool, StoreError};
 
@@ -56,6 +56,8 @@ pub struct TenantActorSettings {
 
 pub struct TenantActor {
     tenant_id: TenantId,
+    /// This instance's ownership of the tenant: every chunk transaction checks it.
+    fence: Fence,
     settings: TenantActorSettings,
     writers: WriterPool,
     control_pool: Pool,
@@ -116,19 +118,32 @@ impl Work {
     }
 }
 
+/// What every tenant actor of an engine shares: its configuration and the engine's parts it
+/// talks to.
+#[derive(Clone)]
+pub struct TenantActorShared {
+    pub defaults: TenantDefaults,
+    pub settings: TenantActorSettings,
+    pub writers: WriterPool,
+    pub control_pool: Pool,
+    pub idle_recipient: Recipient<TenantIdle>,
+    pub board: TenantBoard,
+}
+
 impl TenantActor {
     /// An actor with the default limits; it reads the tenant's stored limits as its first step.
-    pub fn new(
-        tenant_id: TenantId,
-        defaults: TenantDefaults,
-        settings: TenantActorSettings,
-        writers: WriterPool,
-        control_pool: Pool,
-        idle_recipient: Recipient<TenantIdle>,
-        board: TenantBoard,
-    ) -> TenantActor {
+    pub fn new(tenant_id: TenantId, fence: Fence, shared: TenantActorShared) -> TenantActor {
+        let TenantActorShared {
+            defaults,
+            settings,
+            writers,
+            control_pool,
+            idle_recipient,
+            board,
+        } = shared;
         TenantActor {
             tenant_id,
+            fence,
             settings,
             writers,
             control_pool,
@@ -238,6 +253,7 @@ impl TenantActor {
             tenant_id: self.tenant_id,
             region: self.region,
             source: work.source(),
+            fence: self.fence.clone(),
         };
         let priority = work.priority();
         let write = async move { writers.write(message, priority).await };
@@ -255,6 +271,10 @@ impl TenantActor {
         result: Result<ChunkOutcome, StoreError>,
         context: &mut Context<Self>,
     ) {
+        if matches!(result, Err(StoreError::Fenced)) {
+            self.lose_ownership(work, context);
+            return;
+        }
         match (work, result) {
             (Work::Staged { chunk, .. }, Ok(outcome)) => {
                 self.known_chunks.remove(&chunk.chunk_id);
@@ -303,6 +323,42 @@ impl TenantActor {
                 tracing::error!(tenant_id = %self.tenant_id, chunk_id = chunk.chunk_id, %error, "chunk could not be written; it stays staged");
             }
         }
+    }
+
+    /// Another instance owns the tenant now (its chunk transaction was fenced): nothing more is
+    /// dispatched, staged chunks stay staged for the new owner, waiting batch chunks are
+    /// answered as fenced (their requests get a 503 to send again), and the actor stops.
+    fn lose_ownership(&mut self, fenced: Work, context: &mut Context<Self>) {
+        if !self.draining {
+            tracing::info!(tenant_id = %self.tenant_id, epoch = self.fence.epoch, "tenant not owned here under this epoch any more (or this instance's lease lapsed); its actor stops");
+            metrics::counter!(crate::metrics::CLUSTER_FENCED_WRITES).increment(1);
+            // The supervisor forgets this actor at once, so the tenant's work (if this instance
+            // still or again owns it) goes to a new actor with the current epoch.
+            self.idle_recipient.do_send(TenantIdle {
+                tenant_id: self.tenant_id,
+                address: context.address(),
+            });
+        }
+        self.draining = true;
+        self.stop_when_empty = true;
+        let queued: Vec<Work> = self
+            .queues
+            .iter_mut()
+            .flat_map(|queue| queue.drain(..))
+            .collect();
+        for work in std::iter::once(fenced).chain(queued) {
+            match work {
+                Work::Batch { chunk, .. } => {
+                    let _ = chunk
+                        .done
+                        .send(Err(BatchChunkError::Database(StoreError::Fenced)));
+                }
+                Work::Staged { chunk, .. } => {
+                    self.known_chunks.remove(&chunk.chunk_id);
+                }
+            }
+        }
+        self.after_progress(context);
     }
 
     fn retry_later(&mut self, work: Work, error: &StoreError, context: &mut Context<Self>) {

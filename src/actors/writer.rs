@@ -235,7 +235,7 @@ impl Handler<WriteChunk> for Writer {
             };
             let started = Instant::now();
             let outcome = connection
-                .apply_chunk(message.tenant_id, &message.source)
+                .apply_chunk(message.tenant_id, &message.source, Some(&message.fence))
                 .await;
             record_chunk_metrics(started.elapsed(), message.region, &outcome);
             if matches!(&outcome, Ok(chunk) if chunk.finished_scan_opt.is_some()) {

@@ -36,6 +36,11 @@ pub async fn list_instances(state: Arc<AppState>, authorization: HeaderText) -> 
         async {
             admin(&state, authorization).await?;
             let instances = crate::store::instances::instances(&state.pool).await?;
+            let owned: std::collections::HashMap<String, i64> =
+                crate::store::ownership::owned_counts(&state.pool)
+                    .await?
+                    .into_iter()
+                    .collect();
             let listed: Vec<serde_json::Value> = instances
                 .iter()
                 .map(|instance| {
@@ -50,6 +55,7 @@ pub async fn list_instances(state: Arc<AppState>, authorization: HeaderText) -> 
                         "last_heartbeat_at": instance.heartbeat_at,
                         "since_heartbeat_ms": instance.since_heartbeat_ms,
                         "lease_expires_at": instance.lease_expires_at,
+                        "tenants_owned": owned.get(&instance.instance_id).copied().unwrap_or(0),
                     })
                 })
                 .collect();
@@ -210,7 +216,19 @@ pub async fn show_tenant(
             let tenant = governance::tenant(&state.pool, tenant_id)
                 .await?
                 .ok_or_else(tenant_not_found)?;
-            Ok(warp::reply::json(&tenant_json(&state, &tenant)).into_response())
+            let mut body = tenant_json(&state, &tenant);
+            // Which instance runs the tenant's actor (null: none live owns it right now).
+            body["owner"] =
+                match crate::store::ownership::live_owner(&state.pool, tenant_id).await? {
+                    Some((instance_id, http_address, epoch)) => json!({
+                        "instance_id": instance_id,
+                        "http_address": http_address,
+                        "epoch": epoch,
+                        "this_instance": instance_id == state.instance_id,
+                    }),
+                    None => serde_json::Value::Null,
+                };
+            Ok(warp::reply::json(&body).into_response())
         }
         .await,
     )

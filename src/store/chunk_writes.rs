@@ -51,6 +51,14 @@ pub struct ChunkOutcome {
     pub commit_flushed: bool,
 }
 
+/// Who may write a chunk: this instance, as the owner of the chunk's tenant under this epoch
+/// (see [`ownership::FENCE`](super::ownership::FENCE)).
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub instance_id: std::sync::Arc<str>,
+    pub epoch: i64,
+}
+
 /// Where a chunk's tuples come from.
 #[derive(Debug, Clone)]
 pub enum ChunkSource {
@@ -68,6 +76,7 @@ pub struct WriteConnection {
     copy: Statement,
     advance_scan: Statement,
     count_activities: Statement,
+    fence: Statement,
     /// Where staged chunks are decompressed, kept from chunk to chunk: a fresh buffer per
     /// chunk would be mapped and faulted in page by page each time (see
     /// [`EncodedChunk::staged`](super::staging::EncodedChunk::staged)). Dropped after a chunk
@@ -156,15 +165,16 @@ fn copy_statement() -> String {
 }
 
 impl WriteConnection {
-    /// Connects and prepares the four statements, in one pipelined round trip.
+    /// Connects and prepares the five statements, in one pipelined round trip.
     pub async fn open(database: &Config) -> Result<WriteConnection, StoreError> {
         let client = connect(database).await?;
         let copy = copy_statement();
-        let (take_staged, copy, advance_scan, count_activities) = tokio::try_join!(
+        let (take_staged, copy, advance_scan, count_activities, fence) = tokio::try_join!(
             client.prepare(TAKE_STAGED),
             client.prepare(&copy),
             client.prepare(ADVANCE_SCAN),
             client.prepare(COUNT_ACTIVITIES),
+            client.prepare(super::ownership::FENCE),
         )?;
         Ok(WriteConnection {
             client,
@@ -172,6 +182,7 @@ impl WriteConnection {
             copy,
             advance_scan,
             count_activities,
+            fence,
             tuples_scratch: Vec::new(),
         })
     }
@@ -180,16 +191,24 @@ impl WriteConnection {
         self.client.is_closed()
     }
 
-    /// Applies one chunk of `tenant_id`; see the module documentation.
+    /// Applies one chunk of `tenant_id`; see the module documentation. With a fence, the
+    /// transaction first checks that this instance still owns the tenant under the fence's
+    /// epoch, and writes nothing ([`StoreError::Fenced`]) if not; without one (tools and tests
+    /// that are the only writer) it does not.
     pub async fn apply_chunk(
         &mut self,
         tenant_id: TenantId,
         source: &ChunkSource,
+        fence_opt: Option<&Fence>,
     ) -> Result<ChunkOutcome, StoreError> {
-        let outcome = match self.apply_once(tenant_id, source, Mode::Whole).await {
-            Err(error) if !error.is_retryable() => {
+        let outcome = match self
+            .apply_once(tenant_id, source, fence_opt, Mode::Whole)
+            .await
+        {
+            Err(error) if !error.is_retryable() && !matches!(error, StoreError::Fenced) => {
                 tracing::warn!(%tenant_id, %error, "chunk refused; isolating the records at fault");
-                self.apply_once(tenant_id, source, Mode::Isolate).await
+                self.apply_once(tenant_id, source, fence_opt, Mode::Isolate)
+                    .await
             }
             outcome => outcome,
         };
@@ -206,9 +225,10 @@ impl WriteConnection {
         &mut self,
         tenant_id: TenantId,
         source: &ChunkSource,
+        fence_opt: Option<&Fence>,
         mode: Mode,
     ) -> Result<ChunkOutcome, StoreError> {
-        let outcome = self.transaction(tenant_id, source, mode).await;
+        let outcome = self.transaction(tenant_id, source, fence_opt, mode).await;
         if outcome.is_err() && !self.client.is_closed() {
             // Outside a transaction (the error came with COMMIT) this only draws a warning.
             let _ = self.client.batch_execute("ROLLBACK").await;
@@ -220,25 +240,48 @@ impl WriteConnection {
         &mut self,
         tenant_id: TenantId,
         source: &ChunkSource,
+        fence_opt: Option<&Fence>,
         mode: Mode,
     ) -> Result<ChunkOutcome, StoreError> {
         let client = &self.client;
         let mut stages = crate::metrics::StageTimer::chunk();
+        // The fence travels with BEGIN (and the take): no extra round trip.
+        let fence_statement = &self.fence;
+        let fenced = async {
+            let Some(fence) = fence_opt else {
+                return Ok(false);
+            };
+            let instance_id: &str = &fence.instance_id;
+            let parameters: [&(dyn ToSql + Sync); 3] = [&tenant_id.0, &instance_id, &fence.epoch];
+            Ok::<_, tokio_postgres::Error>(
+                client
+                    .query_opt(fence_statement, &parameters)
+                    .await?
+                    .is_none(),
+            )
+        };
         let staged_row;
         let (scan_id_opt, payload, record_count, commit_flushed): (_, &[u8], _, _) = match source {
             ChunkSource::Inline {
                 payload,
                 record_count,
             } => {
-                client.batch_execute("BEGIN").await?;
+                let ((), fenced) = tokio::try_join!(client.batch_execute("BEGIN"), fenced)?;
+                if fenced {
+                    return Err(StoreError::Fenced);
+                }
                 (None, payload, *record_count, true)
             }
             ChunkSource::Staged { chunk_id } => {
                 let parameters: [&(dyn ToSql + Sync); 2] = [&tenant_id.0, chunk_id];
-                let ((), row_opt) = tokio::try_join!(
+                let ((), fenced, row_opt) = tokio::try_join!(
                     client.batch_execute("BEGIN"),
+                    fenced,
                     client.query_opt(&self.take_staged, &parameters),
                 )?;
+                if fenced {
+                    return Err(StoreError::Fenced);
+                }
                 let Some(row) = row_opt else {
                     client.batch_execute("COMMIT").await?;
                     return Ok(ChunkOutcome {

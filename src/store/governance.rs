@@ -198,6 +198,10 @@ pub async fn change_limits(
         after.audit_json(),
     );
     audit_log::record(&transaction, &event).await?;
+    // The tenant's owner, on whichever instance, applies the change at the commit.
+    transaction
+        .execute(super::ownership::NOTIFY_TENANT, &[&tenant_id.0.to_string()])
+        .await?;
     transaction.commit().await?;
     Ok(Some(after))
 }

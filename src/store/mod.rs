@@ -19,6 +19,7 @@ pub mod embedded;
 pub mod governance;
 pub mod instances;
 pub mod migrations;
+pub mod ownership;
 pub mod queries;
 pub mod reads;
 pub mod retention;
@@ -40,6 +41,8 @@ pub enum StoreError {
     WriterUnavailable,
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    #[error("this instance no longer owns the tenant; nothing was written")]
+    Fenced,
 }
 
 impl StoreError {
@@ -67,7 +70,8 @@ impl StoreError {
 
     /// How a request path should answer this failure (see [`FailureClass`]).
     pub fn class(&self) -> FailureClass {
-        if self.is_retryable() {
+        // The tenant moved to another instance: the same request, sent again, goes to it.
+        if self.is_retryable() || matches!(self, StoreError::Fenced) {
             return FailureClass::Retryable;
         }
         match self {
@@ -96,6 +100,8 @@ impl StoreError {
                 true
             }
             StoreError::Corrupt(_) => false,
+            // Another instance owns the tenant now: retrying here would be fenced again.
+            StoreError::Fenced => false,
             StoreError::Database(error) => match error.code() {
                 None => true, // no SQLSTATE: the connection itself failed (I/O, closed)
                 Some(state) => {

@@ -252,6 +252,10 @@ pub async fn stage_scan(
             ],
         )
         .await?;
+    // The tenant's owner, on whichever instance, hears of the work at the commit.
+    transaction
+        .execute(super::ownership::NOTIFY_TENANT, &[&tenant_uuid.to_string()])
+        .await?;
     transaction.commit().await?;
 
     let mut chunks: Vec<ChunkRef> = rows

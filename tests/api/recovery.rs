@@ -134,7 +134,7 @@ async fn only_the_chunk_that_finishes_a_scan_waits_for_its_commit_to_be_flushed(
     let mut flushed = Vec::new();
     for chunk_id in chunk_ids {
         let outcome = connection
-            .apply_chunk(TenantId(tenant), &ChunkSource::Staged { chunk_id })
+            .apply_chunk(TenantId(tenant), &ChunkSource::Staged { chunk_id }, None)
             .await
             .unwrap();
         flushed.push(outcome.commit_flushed);
@@ -164,6 +164,7 @@ async fn only_the_chunk_that_finishes_a_scan_waits_for_its_commit_to_be_flushed(
                 payload: chunk.payload.into(),
                 record_count: chunk.record_count,
             },
+            None,
         )
         .await
         .unwrap();
@@ -205,7 +206,7 @@ async fn a_failing_statement_before_commit_rolls_the_whole_chunk_back() {
         let mut connection = WriteConnection::open(&database).await.unwrap();
         let source = ChunkSource::Staged { chunk_id };
         let error = connection
-            .apply_chunk(TenantId(tenant), &source)
+            .apply_chunk(TenantId(tenant), &source, None)
             .await
             .unwrap_err();
         assert!(
@@ -237,12 +238,12 @@ async fn a_failing_statement_before_commit_rolls_the_whole_chunk_back() {
             .await
             .unwrap();
         let outcome = connection
-            .apply_chunk(TenantId(tenant), &source)
+            .apply_chunk(TenantId(tenant), &source, None)
             .await
             .unwrap();
         assert_eq!(outcome.written, 500, "{table}");
         let again = connection
-            .apply_chunk(TenantId(tenant), &source)
+            .apply_chunk(TenantId(tenant), &source, None)
             .await
             .unwrap();
         assert!(again.already_applied, "{table}");
