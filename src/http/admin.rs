@@ -15,7 +15,9 @@ use warp::Reply;
 use super::auth::authenticate;
 use super::error::ErrorBody;
 use super::headers::HeaderText;
-use super::openapi::{KeyScopeName, TenantRegionName};
+use super::openapi::{
+    KeyScopeName, LimitsChangeBody, NewKey, TenantFilter, TenantRegionName, LIMIT_MAX, LIMIT_MIN,
+};
 use super::{parse_json, respond, ApiError, AppState};
 use crate::actors::messages::LimitsChanged;
 use crate::domain::audit::AuditAction;
@@ -282,16 +284,46 @@ pub struct CreateTenantBody {
     /// Chosen by the engine (a UUIDv7) when left out.
     tenant_id: Option<Uuid>,
     /// 1 to 200 characters, not only spaces, without U+0000.
-    #[schema(min_length = 1, max_length = 200, example = "Công ty Cổ phần Hà Nội")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$",
+        example = "Công ty Cổ phần Hà Nội"
+    )]
     name: String,
     #[schema(value_type = Option<TenantRegionName>)]
     region: Option<String>,
+    #[serde(default, deserialize_with = "whole_number_opt")]
     #[schema(minimum = 1, maximum = 1_000_000_000)]
     records_per_second: Option<i64>,
+    #[serde(default, deserialize_with = "whole_number_opt")]
     #[schema(minimum = 1, maximum = 1_000_000_000)]
     burst: Option<i64>,
+    #[serde(default, deserialize_with = "whole_number_opt")]
     #[schema(minimum = 1, maximum = 1_000_000_000)]
     max_backlog_records: Option<i64>,
+}
+
+/// A limit: an integer, also when written with a zero fraction (`1000.0`), which JSON's
+/// `integer` allows and some clients send. A fraction is refused.
+fn whole_number_opt<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
+    let number_opt: Option<serde_json::Number> = Option::deserialize(deserializer)?;
+    let Some(number) = number_opt else {
+        return Ok(None);
+    };
+    if let Some(integer) = number.as_i64() {
+        return Ok(Some(integer));
+    }
+    // Whole numbers beyond 2^53 are not exact as floats; no limit is near them.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match number.as_f64() {
+        Some(float) if float.fract() == 0.0 && float.abs() <= EXACT => Ok(Some(float as i64)),
+        _ => Err(serde::de::Error::custom(format!(
+            "invalid value: {number}, expected an integer"
+        ))),
+    }
 }
 
 /// Registers a tenant.
@@ -440,16 +472,16 @@ pub async fn show_tenant(
     )
 }
 
-/// `PUT /admin/tenants/{tenant_id}/limits` body: at least one limit.
-#[derive(Deserialize, ToSchema)]
-#[schema(as = LimitsChange, min_properties = 1)]
+/// `PUT /admin/tenants/{tenant_id}/limits` body: at least one limit (described by
+/// [`LimitsChangeBody`]).
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LimitsBody {
-    #[schema(minimum = 1, maximum = 1_000_000_000)]
+struct LimitsBody {
+    #[serde(default, deserialize_with = "whole_number_opt")]
     records_per_second: Option<i64>,
-    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    #[serde(default, deserialize_with = "whole_number_opt")]
     burst: Option<i64>,
-    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    #[serde(default, deserialize_with = "whole_number_opt")]
     max_backlog_records: Option<i64>,
 }
 
@@ -464,7 +496,7 @@ fn validate_limits(
         ("max_backlog_records", max_backlog_opt),
     ] {
         if let Some(value) = value_opt {
-            if !(1..=1_000_000_000).contains(&value) {
+            if !(LIMIT_MIN..=LIMIT_MAX).contains(&value) {
                 return Err(ApiError::bad_request(
                     "invalid_field",
                     format!("{name} must be an integer from 1 to 1000000000"),
@@ -485,7 +517,7 @@ fn validate_limits(
     description = "Persisted, and in force within one second without a restart. — Được lưu lại \
                    và có hiệu lực trong vòng một giây, không cần khởi động lại.",
     params(("tenant_id" = Uuid, Path, description = "The tenant / Mã tổ chức")),
-    request_body = LimitsBody,
+    request_body = LimitsChangeBody,
     responses(
         (status = 200, description = "The tenant / Tổ chức", body = TenantBody),
         (status = 400, description = MALFORMED_BODY, body = ErrorBody),
@@ -633,18 +665,13 @@ async fn change_and_notify(
     Ok(warp::reply::json(&tenant_body(state, &tenant)).into_response())
 }
 
-/// `POST /admin/keys` body: `tenant` scope takes a `tenant_id` (of a registered tenant), the
-/// others none.
-#[derive(Deserialize, ToSchema)]
-#[schema(as = NewKey)]
+/// `POST /admin/keys` body (described by [`NewKey`]).
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MintKeyBody {
-    #[schema(value_type = KeyScopeName)]
+struct MintKeyBody {
     scope: String,
     tenant_id: Option<Uuid>,
-    /// A label for people, at most 200 characters.
     #[serde(default)]
-    #[schema(max_length = 200)]
     name: String,
 }
 
@@ -656,7 +683,7 @@ pub struct MintKeyBody {
     summary = "Mint an API key / Tạo khóa API",
     description = "The token is shown once; only its hash is stored. — Mã truy cập chỉ hiển thị \
                    một lần; hệ thống chỉ lưu giá trị băm.",
-    request_body = MintKeyBody,
+    request_body = NewKey,
     responses(
         (status = 201, description = "Minted / Đã tạo", body = MintedKey),
         (status = 400, description = MALFORMED_BODY, body = ErrorBody),
@@ -772,7 +799,7 @@ const DEAD_LETTER_LIST_LIMIT: i64 = 1_000;
     description = "Records the database refused, newest first (at most 1,000); one tenant's or \
                    all. — Các bản ghi bị cơ sở dữ liệu từ chối, mới nhất trước (tối đa 1.000); \
                    của một tổ chức hoặc tất cả.",
-    params(("tenant_id" = Option<Uuid>, Query, description = "Only this tenant's / Chỉ của tổ chức này")),
+    params(("tenant_id" = Option<TenantFilter>, Query, description = "Only this tenant's; empty for every tenant / Chỉ của tổ chức này; để trống cho mọi tổ chức")),
     responses(
         (status = 200, description = "The dead letters / Các bản ghi lỗi", body = DeadLetterList),
         (status = 400, description = INVALID_TENANT_ID, body = ErrorBody),

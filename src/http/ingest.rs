@@ -51,7 +51,7 @@ pub struct ScanSubmission {
     priority: Option<String>,
     /// The same key for the same tenant within 24 hours returns the first scan: at most 255
     /// bytes of UTF-8, without U+0000.
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^\\u0000]*$")]
     idempotency_key: Option<String>,
 }
 

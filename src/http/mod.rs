@@ -667,8 +667,18 @@ pub fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(Reply::into_response)
 }
 
-/// Parses a small JSON body into `T`, with a bilingual 400 naming serde's complaint.
+/// Parses a small JSON object body into `T`, with a bilingual 400 naming serde's complaint.
+///
+/// Only an object is accepted: serde reads a struct from an array too, by position, so
+/// `[5, 10, 100]` would set three limits without naming one.
 pub fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "malformed_request",
+            "the request body must be a JSON object",
+            "nội dung yêu cầu phải là một đối tượng JSON",
+        ));
+    }
     serde_json::from_slice(body).map_err(|error| {
         // serde's complaint may quote the body ("unknown variant `…`").
         let reason = client_text::shown(&error.to_string(), client_text::MESSAGE_MAX_CHARS);

@@ -15,8 +15,12 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use utoipa::openapi::path::{Operation, PathItem};
-use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, Type};
+use utoipa::openapi::schema::{
+    AdditionalProperties, AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, OneOfBuilder,
+    Schema, SchemaType, Type,
+};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::KnownFormat;
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 use warp::reply::Response as HttpResponse;
@@ -91,6 +95,9 @@ const PUBLIC_PATHS: [&str; 5] = [
         TenantRegionName,
         AuditActionName,
         KeyScopeName,
+        TenantFilter,
+        NewKey,
+        LimitsChangeBody,
     )),
     modifiers(&Authentication),
     tags(
@@ -351,11 +358,16 @@ impl PartialSchema for Activity {
                 .schema_type(Type::String)
                 .min_length(Some(min))
                 .max_length(Some(max))
+                .pattern(Some(WITHOUT_NUL))
         };
         let list = |max_items: usize, item_max: usize| {
             ArrayBuilder::new()
                 .items(text(1, item_max))
                 .max_items(Some(max_items))
+        };
+        // An optional field may also be null, which reads as absent.
+        let optional_text = |max: usize| {
+            text(0, max).schema_type(SchemaType::from_iter([Type::String, Type::Null]))
         };
         let schema = ObjectBuilder::new()
             .schema_type(Type::Object)
@@ -374,16 +386,18 @@ impl PartialSchema for Activity {
                 list(DATA_FIELDS_MAX_ITEMS, DATA_FIELD_MAX_CHARS),
             )
             .required("data_fields")
-            .property("purpose", text(0, PURPOSE_MAX_CHARS))
-            .property("legal_basis", text(0, LEGAL_BASIS_MAX_CHARS))
-            .property("retention_period", text(0, RETENTION_PERIOD_MAX_CHARS))
+            .property("purpose", optional_text(PURPOSE_MAX_CHARS))
+            .property("legal_basis", optional_text(LEGAL_BASIS_MAX_CHARS))
+            .property(
+                "retention_period",
+                optional_text(RETENTION_PERIOD_MAX_CHARS),
+            )
             .property(
                 "data_recipients",
-                list(DATA_RECIPIENTS_MAX_ITEMS, DATA_RECIPIENT_MAX_CHARS),
+                list(DATA_RECIPIENTS_MAX_ITEMS, DATA_RECIPIENT_MAX_CHARS)
+                    .schema_type(SchemaType::from_iter([Type::Array, Type::Null])),
             )
-            .additional_properties(Some(
-                utoipa::openapi::schema::AdditionalProperties::<Schema>::FreeForm(false),
-            ))
+            .additional_properties(Some(no_other_properties()))
             .build();
         RefOr::T(Schema::Object(schema))
     }
@@ -392,5 +406,153 @@ impl PartialSchema for Activity {
 impl ToSchema for Activity {
     fn name() -> Cow<'static, str> {
         Cow::Borrowed("Activity")
+    }
+}
+
+fn no_other_properties() -> AdditionalProperties<Schema> {
+    AdditionalProperties::FreeForm(false)
+}
+
+fn uuid_string() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(Type::String).format(Some(
+        utoipa::openapi::SchemaFormat::KnownFormat(KnownFormat::Uuid),
+    ))
+}
+
+/// A `tenant_id` filter: a tenant's id, or empty for every tenant.
+pub struct TenantFilter;
+
+impl PartialSchema for TenantFilter {
+    fn schema() -> RefOr<Schema> {
+        let every_tenant = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .max_length(Some(0));
+        RefOr::T(Schema::AnyOf(
+            AnyOfBuilder::new()
+                .item(uuid_string())
+                .item(every_tenant)
+                .description(Some(
+                    "A tenant id, or empty for every tenant. — Mã tổ chức, hoặc để trống cho mọi \
+                     tổ chức.",
+                ))
+                .build(),
+        ))
+    }
+}
+
+impl ToSchema for TenantFilter {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("TenantFilter")
+    }
+}
+
+/// A text without U+0000 (PostgreSQL cannot store it).
+const WITHOUT_NUL: &str = "^[^\\u0000]*$";
+
+/// `POST /admin/keys` body: the `tenant` scope takes the `tenant_id` of a registered tenant,
+/// the others none (or null).
+pub struct NewKey;
+
+impl PartialSchema for NewKey {
+    fn schema() -> RefOr<Schema> {
+        let name = || {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(200))
+                .pattern(Some(WITHOUT_NUL))
+                .description(Some("A label for people. — Nhãn để người dùng nhận biết."))
+        };
+        let platform_key = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property(
+                "scope",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["admin", "service"])),
+            )
+            .required("scope")
+            .property("tenant_id", ObjectBuilder::new().schema_type(Type::Null))
+            .property("name", name())
+            .additional_properties(Some(no_other_properties()));
+        let tenant_key = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property(
+                "scope",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["tenant"])),
+            )
+            .required("scope")
+            .property("tenant_id", uuid_string())
+            .required("tenant_id")
+            .property("name", name())
+            .additional_properties(Some(no_other_properties()));
+        RefOr::T(Schema::OneOf(
+            OneOfBuilder::new()
+                .item(platform_key)
+                .item(tenant_key)
+                .description(Some(
+                    "An admin or service key, or a key for one tenant. — Khóa quản trị hoặc \
+                     dịch vụ, hoặc khóa cho một tổ chức.",
+                ))
+                .build(),
+        ))
+    }
+}
+
+impl ToSchema for NewKey {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("NewKey")
+    }
+}
+
+/// The bounds of every tenant limit.
+pub const LIMIT_MIN: i64 = 1;
+pub const LIMIT_MAX: i64 = 1_000_000_000;
+
+/// `PUT /admin/tenants/{tenant_id}/limits` body: at least one limit that is not null (a null
+/// limit, like a missing one, stays as it is).
+pub struct LimitsChangeBody;
+
+impl PartialSchema for LimitsChangeBody {
+    fn schema() -> RefOr<Schema> {
+        const LIMITS: [&str; 3] = ["records_per_second", "burst", "max_backlog_records"];
+        let limit = |types: SchemaType| {
+            ObjectBuilder::new()
+                .schema_type(types)
+                .minimum(Some(LIMIT_MIN))
+                .maximum(Some(LIMIT_MAX))
+        };
+        let mut fields = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .additional_properties(Some(no_other_properties()));
+        let mut one_given = AnyOfBuilder::new();
+        for name in LIMITS {
+            fields = fields.property(
+                name,
+                limit(SchemaType::from_iter([Type::Integer, Type::Null])),
+            );
+            one_given = one_given.item(
+                ObjectBuilder::new()
+                    .property(name, limit(SchemaType::Type(Type::Integer)))
+                    .required(name),
+            );
+        }
+        RefOr::T(Schema::AllOf(
+            AllOfBuilder::new()
+                .item(fields)
+                .item(one_given)
+                .description(Some(
+                    "New limits, at least one; the others stay as they are. — Giới hạn mới, ít \
+                     nhất một; các giới hạn khác giữ nguyên.",
+                ))
+                .build(),
+        ))
+    }
+}
+
+impl ToSchema for LimitsChangeBody {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("LimitsChange")
     }
 }

@@ -5,9 +5,10 @@
 use std::collections::BTreeSet;
 
 use ingest_engine::http::ROUTES;
-use serde_json::Value;
+use serde_json::{json, Value};
+use uuid::Uuid;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{activities, assert_error, spawn_app};
 
 /// The document's operations as `(METHOD, path template)`.
 fn documented_operations(document: &Value) -> BTreeSet<(String, String)> {
@@ -134,5 +135,103 @@ async fn the_document_and_the_router_have_the_same_routes() {
             }
         }
     }
+    app.stop().await;
+}
+
+/// Found by schemathesis: answers that contradicted the document. Each pair here is what the
+/// engine does and what the document now says about it.
+#[tokio::test]
+async fn the_document_says_what_the_engine_accepts_and_refuses() {
+    let app = spawn_app().await;
+    let document: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let schema = |name: &str| document["components"]["schemas"][name].clone();
+
+    // A record's optional field may be null (read as absent): the record is valid.
+    let tenant_id = Uuid::now_v7();
+    let mut record = activities(1).remove(0);
+    for field in [
+        "purpose",
+        "legal_basis",
+        "retention_period",
+        "data_recipients",
+    ] {
+        record[field] = Value::Null;
+    }
+    let accepted = app
+        .post_json(
+            "/data-scans",
+            &json!({ "tenant_id": tenant_id, "activities": [record] }),
+        )
+        .await;
+    assert_eq!(accepted.status(), 202);
+    let accepted: Value = accepted.json().await.unwrap();
+    assert_eq!(accepted["records_invalid"], 0, "{accepted}");
+    let activity = schema("Activity");
+    for field in [
+        "purpose",
+        "legal_basis",
+        "retention_period",
+        "data_recipients",
+    ] {
+        let types = &activity["properties"][field]["type"];
+        assert!(
+            types
+                .as_array()
+                .is_some_and(|types| types.contains(&json!("null"))),
+            "{field}: {types}"
+        );
+    }
+    // A text holding U+0000 makes a record invalid: the document's text fields exclude it.
+    for field in ["activity_name", "purpose"] {
+        assert_eq!(
+            activity["properties"][field]["pattern"], "^[^\\u0000]*$",
+            "{field}"
+        );
+    }
+
+    // Only a tenant key takes a tenant_id.
+    let refused = app
+        .post_json(
+            "/admin/keys",
+            &json!({ "scope": "service", "tenant_id": tenant_id }),
+        )
+        .await;
+    assert_error(refused, 400, "invalid_scope").await;
+    let new_key = schema("NewKey");
+    let variants = new_key["oneOf"]
+        .as_array()
+        .expect("NewKey is one of two shapes");
+    assert_eq!(variants.len(), 2, "{new_key}");
+    assert_eq!(variants[0]["properties"]["tenant_id"]["type"], "null");
+    assert_eq!(variants[1]["required"], json!(["scope", "tenant_id"]));
+
+    // A limits change needs one limit that is not null.
+    let tenant_path = format!("/admin/tenants/{tenant_id}/limits");
+    let refused = app
+        .request(reqwest::Method::PUT, &tenant_path)
+        .json(&json!({ "burst": null }))
+        .send()
+        .await
+        .unwrap();
+    assert_error(refused, 400, "invalid_field").await;
+    let limits = schema("LimitsChange");
+    let one_given = limits["allOf"][1]["anyOf"]
+        .as_array()
+        .expect("one of the limits");
+    assert_eq!(one_given.len(), 3, "{limits}");
+    for alternative in one_given {
+        assert_eq!(alternative["required"].as_array().map(Vec::len), Some(1));
+    }
+
+    // An empty tenant_id lists every tenant's dead letters.
+    let listed = app.get("/admin/dead-letters?tenant_id=").await;
+    assert_eq!(listed.status(), 200);
+    let filter = schema("TenantFilter");
+    assert!(
+        filter["anyOf"].as_array().is_some_and(
+            |alternatives| alternatives.contains(&json!({ "type": "string", "maxLength": 0 }))
+        ),
+        "{filter}"
+    );
     app.stop().await;
 }
