@@ -287,7 +287,9 @@ pub struct CreateTenantBody {
     #[schema(
         min_length = 1,
         max_length = 200,
-        pattern = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$",
+        // Some character that is not U+0000 nor Unicode White_Space (what `str::trim` removes;
+        // regular-expression dialects disagree on `\s`, so the class is spelled out).
+        pattern = "^[^\\u0000]*[^\\u0000\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000]*$",
         example = "Công ty Cổ phần Hà Nội"
     )]
     name: String,

@@ -223,6 +223,22 @@ async fn the_document_says_what_the_engine_accepts_and_refuses() {
         assert_eq!(alternative["required"].as_array().map(Vec::len), Some(1));
     }
 
+    // A tenant name of nothing but Unicode white space (U+0085 among it) is refused, and the
+    // document's pattern spells out that class rather than a dialect's `\s`.
+    for name in ["\u{85}", " \u{3000}\t"] {
+        let refused = app
+            .post_json("/admin/tenants", &json!({ "name": name }))
+            .await;
+        assert_error(refused, 400, "invalid_field").await;
+    }
+    let name_pattern = schema("NewTenant")["properties"]["name"]["pattern"].clone();
+    assert!(
+        name_pattern
+            .as_str()
+            .is_some_and(|pattern| pattern.contains("\\u0085") && !pattern.contains("\\s")),
+        "{name_pattern}"
+    );
+
     // An empty tenant_id lists every tenant's dead letters.
     let listed = app.get("/admin/dead-letters?tenant_id=").await;
     assert_eq!(listed.status(), 200);
