@@ -3,12 +3,14 @@
 //! error and no answer that contradicts it.
 
 use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use ingest_engine::http::ROUTES;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{activities, assert_error, spawn_app};
+use crate::helpers::{activities, assert_error, repository_path, spawn_app};
 
 /// The document's operations as `(METHOD, path template)`.
 fn documented_operations(document: &Value) -> BTreeSet<(String, String)> {
@@ -134,6 +136,82 @@ async fn the_document_and_the_router_have_the_same_routes() {
                 );
             }
         }
+    }
+    app.stop().await;
+}
+
+/// Runs `tests/schemathesis/run.sh` (schemathesis and openapi-spec-validator from PyPI, in a
+/// virtual environment it creates under `target/` and reuses) against a real engine with an
+/// admin token and a tenant key, then checks the engine is still healthy.
+#[tokio::test]
+async fn schemathesis_finds_no_server_error_and_no_contradiction() {
+    let app = spawn_app().await;
+    let tenant_id = Uuid::now_v7();
+    let created = app
+        .post_json(
+            "/admin/tenants",
+            &json!({ "tenant_id": tenant_id, "name": "Công ty Kiểm thử Đà Nẵng", "region": "central" }),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let minted = app
+        .post_json(
+            "/admin/keys",
+            &json!({ "scope": "tenant", "tenant_id": tenant_id, "name": "schemathesis" }),
+        )
+        .await;
+    assert_eq!(minted.status(), 201);
+    let minted: Value = minted.json().await.unwrap();
+    let tenant_token = minted["token"].as_str().unwrap().to_string();
+    // Some activities, so the reads have pages and summaries to answer.
+    let stored = app
+        .post_json(
+            &format!("/batch/processing-activities?tenant_id={tenant_id}"),
+            &json!({ "activities": activities(30) }),
+        )
+        .await;
+    assert_eq!(stored.status(), 201);
+
+    let script = repository_path("tests/schemathesis/run.sh");
+    let started = Instant::now();
+    let run = tokio::process::Command::new("bash")
+        .arg(&script)
+        .env("ENGINE_URL", &app.address)
+        .env("ADMIN_TOKEN", &app.token)
+        .env("TENANT_TOKEN", &tenant_token)
+        .env("TENANT_ID", tenant_id.to_string())
+        .env(
+            "SCHEMATHESIS_VENV",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("schemathesis-venv"),
+        )
+        .env(
+            "SCHEMATHESIS_REPORT_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("schemathesis-report"),
+        )
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(900), run)
+        .await
+        .expect("the schemathesis run ends within 15 minutes")
+        .expect("bash runs the schemathesis script");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!(
+        "{printed}\nschemathesis run took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        output.status.success(),
+        "schemathesis found failures ({}):\n{printed}",
+        output.status
+    );
+
+    for path in ["/health", "/health/database"] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), 200, "{path} after the fuzzing");
     }
     app.stop().await;
 }
