@@ -52,11 +52,19 @@ const PUBLIC_PATHS: [&str; 5] = [
         description = "The write path of a PDPL data inventory: tenants submit processing \
                        activities, the engine throttles each tenant, writes them to PostgreSQL \
                        and reports progress. Every error has the body \
-                       `{code, error, error_vi, details?}`; 429 and 503 carry `Retry-After`. — \
+                       `{code, error, error_vi, details?}`; 429 and 503 carry `Retry-After` \
+                       (except 503 `database_error`, which retrying will not fix). Any request \
+                       may also get 405 for a method its path does not have, and 400, 414 or \
+                       431 from the HTTP layer (not HTTP/1.1, a URI over 64 KiB, too many or too \
+                       large headers), with the same body. — \
                        Đường ghi dữ liệu của hệ thống kiểm kê dữ liệu theo Luật Bảo vệ dữ liệu cá \
                        nhân: các tổ chức gửi hoạt động xử lý dữ liệu, hệ thống giới hạn tốc độ \
                        từng tổ chức, ghi vào PostgreSQL và báo tiến độ. Mọi lỗi có nội dung \
-                       `{code, error, error_vi, details?}`; 429 và 503 kèm `Retry-After`."
+                       `{code, error, error_vi, details?}`; 429 và 503 kèm `Retry-After` (trừ \
+                       503 `database_error`, lỗi mà thử lại cũng không khắc phục được). Mọi yêu \
+                       cầu cũng có thể nhận 405 với phương thức mà đường dẫn không hỗ trợ, và \
+                       400, 414 hoặc 431 từ tầng HTTP (không phải HTTP/1.1, URI dài quá 64 KiB, \
+                       tiêu đề quá nhiều hoặc quá lớn), với cùng nội dung lỗi."
     ),
     paths(
         super::health::liveness,
