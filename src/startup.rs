@@ -15,6 +15,9 @@ use crate::http::{self, AppState};
 use crate::store::connections::{self, ReadPoolOptions};
 use crate::store::migrations;
 
+/// Connections of the background jobs' pool.
+const BACKGROUND_POOL_SIZE: u32 = 2;
+
 /// A bound, ready application. Nothing is served until [`Application::run_until`].
 pub struct Application {
     address: SocketAddr,
@@ -22,6 +25,9 @@ pub struct Application {
     database: tokio_postgres::Config,
     state: Arc<AppState>,
     view: Arc<crate::cluster::view::ClusterView>,
+    /// The background jobs' own connections (webhook delivery, the ownership pass), so their
+    /// frequent small queries never queue requests behind them nor show in the request pool.
+    background_pool: crate::store::Pool,
     server: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
     stop_server: oneshot::Sender<()>,
 }
@@ -58,6 +64,12 @@ impl Application {
         crate::audit::upkeep::run_at_startup(&pool, &settings.audit)
             .await
             .context("creating the audit log's monthly partitions")?;
+        let background_pool = connections::build_pool(
+            &database,
+            BACKGROUND_POOL_SIZE,
+            Duration::from_secs(settings.database.pool_timeout_secs),
+        )
+        .await;
         let instance_id = crate::cluster::heartbeat::instance_id(&settings.cluster.instance_id);
         let view = Arc::new(crate::cluster::view::ClusterView::new(instance_id.clone()));
         let engine = Engine::start(&settings, &database, view.clone())?;
@@ -112,6 +124,7 @@ impl Application {
             database,
             state,
             view,
+            background_pool,
             server: Box::pin(server),
             stop_server,
         })
@@ -148,7 +161,7 @@ impl Application {
             heartbeat_interval,
         );
         let deliveries = crate::webhooks::delivery::DeliveryJob::new(
-            self.state.pool.clone(),
+            self.background_pool.clone(),
             self.state.settings.webhooks.clone(),
             self.state.engine.scan_finished(),
         )?;
@@ -167,7 +180,7 @@ impl Application {
         let background = [
             jobs.spawn(
                 crate::cluster::ownership::OwnershipJob {
-                    pool: self.state.pool.clone(),
+                    pool: self.background_pool.clone(),
                     view: self.view.clone(),
                     engine: self.state.engine.handle(),
                     interval: heartbeat_interval,

@@ -64,14 +64,14 @@ impl PdplCategory {
     }
 }
 
-const ACTIVITY_NAME_MAX_CHARS: usize = 500;
-const DATA_FIELDS_MAX_ITEMS: usize = 100;
-const DATA_FIELD_MAX_CHARS: usize = 200;
-const PURPOSE_MAX_CHARS: usize = 2000;
-const LEGAL_BASIS_MAX_CHARS: usize = 500;
-const RETENTION_PERIOD_MAX_CHARS: usize = 100;
-const DATA_RECIPIENTS_MAX_ITEMS: usize = 100;
-const DATA_RECIPIENT_MAX_CHARS: usize = 500;
+pub const ACTIVITY_NAME_MAX_CHARS: usize = 500;
+pub const DATA_FIELDS_MAX_ITEMS: usize = 100;
+pub const DATA_FIELD_MAX_CHARS: usize = 200;
+pub const PURPOSE_MAX_CHARS: usize = 2000;
+pub const LEGAL_BASIS_MAX_CHARS: usize = 500;
+pub const RETENTION_PERIOD_MAX_CHARS: usize = 100;
+pub const DATA_RECIPIENTS_MAX_ITEMS: usize = 100;
+pub const DATA_RECIPIENT_MAX_CHARS: usize = 500;
 
 const KNOWN_FIELDS: [&str; 7] = [
     "activity_name",

@@ -14,6 +14,14 @@ pub enum ScanStatus {
 }
 
 impl ScanStatus {
+    pub const ALL: [ScanStatus; 5] = [
+        ScanStatus::Pending,
+        ScanStatus::Processing,
+        ScanStatus::Completed,
+        ScanStatus::CompletedWithErrors,
+        ScanStatus::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ScanStatus::Pending => "pending",
@@ -35,15 +43,9 @@ impl ScanStatus {
     }
 
     pub fn parse(text: &str) -> Option<ScanStatus> {
-        [
-            ScanStatus::Pending,
-            ScanStatus::Processing,
-            ScanStatus::Completed,
-            ScanStatus::CompletedWithErrors,
-            ScanStatus::Failed,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == text)
+        ScanStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
     }
 }
 
@@ -58,6 +60,13 @@ pub enum Priority {
 }
 
 impl Priority {
+    pub const ALL: [Priority; 4] = [
+        Priority::Critical,
+        Priority::High,
+        Priority::Standard,
+        Priority::Low,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Priority::Critical => "critical",
@@ -87,14 +96,9 @@ impl Priority {
     }
 
     pub fn parse(text: &str) -> Option<Priority> {
-        [
-            Priority::Critical,
-            Priority::High,
-            Priority::Standard,
-            Priority::Low,
-        ]
-        .into_iter()
-        .find(|priority| priority.as_str() == text)
+        Priority::ALL
+            .into_iter()
+            .find(|priority| priority.as_str() == text)
     }
 }
 

@@ -25,12 +25,27 @@ pub struct ApiError {
     pub challenge: bool,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// The body of every error response.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(
+    as = Error,
+    description = "Every error response: a stable snake_case code and the message in English \
+                   and Vietnamese. — Mọi phản hồi lỗi: một mã snake_case cố định và thông báo \
+                   bằng tiếng Anh và tiếng Việt."
+)]
+pub struct ErrorBody<'a> {
+    /// Stable, machine-readable: `missing_token`, `invalid_field`, `not_found`, …
+    #[schema(example = "invalid_field")]
     code: &'a str,
+    /// The message in English.
+    #[schema(example = "tenant_id must be a UUID")]
     error: &'a str,
+    /// The message in Vietnamese.
+    #[schema(example = "tenant_id phải là một UUID")]
     error_vi: &'a str,
+    /// What the error concerns, when there is more to say (a field, a limit, …).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     details: Option<&'a serde_json::Value>,
 }
 

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
@@ -10,13 +11,129 @@ use warp::Reply;
 use super::AppState;
 use crate::store::{queries, reads};
 
+/// `GET /health`.
+#[derive(Serialize, ToSchema)]
+pub struct Liveness {
+    #[schema(example = "ok")]
+    status: &'static str,
+    #[schema(example = "hoạt động")]
+    status_vi: &'static str,
+}
+
+/// `GET /health/database`.
+#[derive(Serialize, ToSchema)]
+pub struct DatabaseHealth {
+    /// `healthy` or `unhealthy`.
+    #[schema(example = "healthy")]
+    status: &'static str,
+    #[schema(example = "hoạt động tốt")]
+    status_vi: &'static str,
+    /// The slower pool's round trip, in milliseconds.
+    latency_ms: f64,
+    /// The first pool's failure, if any.
+    error: Option<String>,
+    write_pool: WritePoolHealth,
+    read_pool: ReadPoolHealth,
+    writers: WritersHealth,
+}
+
+/// The request pool's round trip.
+#[derive(Serialize, ToSchema)]
+pub struct WritePoolHealth {
+    ok: bool,
+    latency_ms: f64,
+    error: Option<String>,
+    pool_size: u32,
+    connections: u32,
+    idle: u32,
+}
+
+/// The read pool's round trip, as the row-level-secured reader role.
+#[derive(Serialize, ToSchema)]
+pub struct ReadPoolHealth {
+    ok: bool,
+    latency_ms: f64,
+    error: Option<String>,
+    /// The role the read pool's connections use.
+    role: Option<String>,
+    pool_size: u32,
+    connections: u32,
+    idle: u32,
+}
+
+/// The writers' state (absent values when the engine did not answer in time).
+#[derive(Serialize, ToSchema)]
+pub struct WritersHealth {
+    count: usize,
+    queued_chunks: Option<usize>,
+    restarts: Option<u64>,
+}
+
+/// `GET /health/connection-pools`.
+#[derive(Serialize, ToSchema)]
+pub struct ConnectionPools {
+    read_pool: PoolUsageBody,
+    write_pool: PoolUsageBody,
+    /// What an operator should change, in English.
+    recommendation: String,
+    /// What an operator should change, in Vietnamese.
+    recommendation_vi: String,
+}
+
+/// One pool's occupancy.
+#[derive(Serialize, ToSchema)]
+pub struct PoolUsageBody {
+    pool_size: u32,
+    checked_out: u32,
+    checked_in: u32,
+    utilization_percent: f64,
+    /// `healthy`, `busy` or `saturated`.
+    #[schema(example = "healthy")]
+    status: &'static str,
+    #[schema(example = "hoạt động tốt")]
+    status_vi: &'static str,
+    /// Check-outs waiting for a connection right now.
+    waiting: u64,
+    /// Check-outs that gave up since start (each answered 503).
+    timed_out_total: u64,
+    /// Writer connections outside the pool (write pool only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dedicated_writer_connections: Option<usize>,
+}
+
 /// Liveness: the process serves HTTP.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    summary = "Liveness / Tình trạng hoạt động",
+    description = "Answers 200 while the process serves HTTP. No token. — Trả về 200 khi tiến \
+                   trình còn phục vụ HTTP. Không cần mã truy cập.",
+    responses((status = 200, description = "Alive / Đang hoạt động", body = Liveness))
+)]
 pub fn liveness() -> Response {
-    warp::reply::json(&json!({ "status": "ok", "status_vi": "hoạt động" })).into_response()
+    warp::reply::json(&Liveness {
+        status: "ok",
+        status_vi: "hoạt động",
+    })
+    .into_response()
 }
 
 /// Readiness of the database: one round trip on each pool (at once), and the writers' state.
 /// Healthy only when both pools answer: reads and submissions each depend on their own pool.
+#[utoipa::path(
+    get,
+    path = "/health/database",
+    tag = "health",
+    summary = "Database readiness / Tình trạng cơ sở dữ liệu",
+    description = "One round trip on each connection pool. 200 when both answer, 503 otherwise. \
+                   No token. — Một lượt truy vấn trên mỗi nhóm kết nối. 200 khi cả hai trả lời, \
+                   503 nếu không. Không cần mã truy cập.",
+    responses(
+        (status = 200, description = "Both pools answer / Cả hai nhóm kết nối đều trả lời", body = DatabaseHealth),
+        (status = 503, description = "A pool does not answer / Một nhóm kết nối không trả lời", body = DatabaseHealth),
+    )
+)]
 pub async fn database(state: Arc<AppState>) -> Response {
     let (write_ping, read_ping, engine_state_opt) = tokio::join!(
         timed(queries::ping(&state.pool)),
@@ -35,34 +152,39 @@ pub async fn database(state: Arc<AppState>) -> Response {
     };
     let write_state = state.pool.state();
     let read_state = state.read_pool.state();
-    let body = json!({
-        "status": status_code,
-        "status_vi": status_vi,
-        "latency_ms": write_ping.1.max(read_ping.1),
-        "error": write_ping.0.as_ref().err().or(read_ping.0.as_ref().err()).map(|error| error.to_string()),
-        "write_pool": {
-            "ok": write_ping.0.is_ok(),
-            "latency_ms": write_ping.1,
-            "error": write_ping.0.as_ref().err().map(|error| error.to_string()),
-            "pool_size": state.settings.database.pool_size,
-            "connections": write_state.connections,
-            "idle": write_state.idle_connections,
+    let body = DatabaseHealth {
+        status: status_code,
+        status_vi,
+        latency_ms: write_ping.1.max(read_ping.1),
+        error: write_ping
+            .0
+            .as_ref()
+            .err()
+            .or(read_ping.0.as_ref().err())
+            .map(|error| error.to_string()),
+        write_pool: WritePoolHealth {
+            ok: write_ping.0.is_ok(),
+            latency_ms: write_ping.1,
+            error: write_ping.0.as_ref().err().map(|error| error.to_string()),
+            pool_size: state.settings.database.pool_size,
+            connections: write_state.connections,
+            idle: write_state.idle_connections,
         },
-        "read_pool": {
-            "ok": read_ping.0.is_ok(),
-            "latency_ms": read_ping.1,
-            "error": read_ping.0.as_ref().err().map(|error| error.to_string()),
-            "role": read_ping.0.as_ref().ok(),
-            "pool_size": state.settings.database.read_pool_size,
-            "connections": read_state.connections,
-            "idle": read_state.idle_connections,
+        read_pool: ReadPoolHealth {
+            ok: read_ping.0.is_ok(),
+            latency_ms: read_ping.1,
+            error: read_ping.0.as_ref().err().map(|error| error.to_string()),
+            role: read_ping.0.as_ref().ok().cloned(),
+            pool_size: state.settings.database.read_pool_size,
+            connections: read_state.connections,
+            idle: read_state.idle_connections,
         },
-        "writers": {
-            "count": state.settings.writers.count,
-            "queued_chunks": engine_state_opt.map(|engine| engine.writer_queue),
-            "restarts": engine_state_opt.map(|engine| engine.writer_restarts),
+        writers: WritersHealth {
+            count: state.settings.writers.count,
+            queued_chunks: engine_state_opt.map(|engine| engine.writer_queue),
+            restarts: engine_state_opt.map(|engine| engine.writer_restarts),
         },
-    });
+    };
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
@@ -76,6 +198,16 @@ async fn timed<T>(future: impl std::future::Future<Output = T>) -> (T, f64) {
 
 /// How full each pool is, and what to change if one is short. Reads only the pools' counters:
 /// no database round trip, so it answers even when the database does not.
+#[utoipa::path(
+    get,
+    path = "/health/connection-pools",
+    tag = "health",
+    summary = "Connection pool usage / Mức sử dụng nhóm kết nối",
+    description = "How full each pool is and what to change if one is short; no database round \
+                   trip. No token. — Mức đầy của từng nhóm kết nối và cần thay đổi gì nếu thiếu; \
+                   không truy vấn cơ sở dữ liệu. Không cần mã truy cập.",
+    responses((status = 200, description = "Pool usage / Mức sử dụng", body = ConnectionPools))
+)]
 pub fn connection_pools(state: Arc<AppState>) -> Response {
     let read = PoolUsage::of(
         state.settings.database.read_pool_size,
@@ -83,14 +215,14 @@ pub fn connection_pools(state: Arc<AppState>) -> Response {
     );
     let write = PoolUsage::of(state.settings.database.pool_size, &state.pool.state());
     let (recommendation, recommendation_vi) = recommend(&read, &write);
-    let mut write_pool = write.json();
-    write_pool["dedicated_writer_connections"] = json!(state.settings.writers.count);
-    let body = json!({
-        "read_pool": read.json(),
-        "write_pool": write_pool,
-        "recommendation": recommendation,
-        "recommendation_vi": recommendation_vi,
-    });
+    let mut write_pool = write.body();
+    write_pool.dedicated_writer_connections = Some(state.settings.writers.count);
+    let body = ConnectionPools {
+        read_pool: read.body(),
+        write_pool,
+        recommendation,
+        recommendation_vi,
+    };
     warp::reply::json(&body).into_response()
 }
 
@@ -162,18 +294,19 @@ impl PoolUsage {
         }
     }
 
-    fn json(&self) -> serde_json::Value {
+    fn body(&self) -> PoolUsageBody {
         let status = self.status();
-        json!({
-            "pool_size": self.pool_size,
-            "checked_out": self.checked_out,
-            "checked_in": self.checked_in,
-            "utilization_percent": self.utilization_percent(),
-            "status": status.as_str(),
-            "status_vi": status.as_str_vi(),
-            "waiting": self.waiting,
-            "timed_out_total": self.timed_out_total,
-        })
+        PoolUsageBody {
+            pool_size: self.pool_size,
+            checked_out: self.checked_out,
+            checked_in: self.checked_in,
+            utilization_percent: self.utilization_percent(),
+            status: status.as_str(),
+            status_vi: status.as_str_vi(),
+            waiting: self.waiting,
+            timed_out_total: self.timed_out_total,
+            dedicated_writer_connections: None,
+        }
     }
 }
 

@@ -4,15 +4,20 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::json;
 use tokio::sync::oneshot;
+use utoipa::ToSchema;
 use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
 use super::auth::{authenticate, authorized_tenant};
+use super::error::ErrorBody;
 use super::headers::HeaderText;
+use super::openapi::{Activity, PriorityName, ScanStatusName};
 use super::{
     admit, check_body_headers, close_connection_if, respond, ApiError, AppState, PendingBody, Query,
 };
@@ -27,10 +32,166 @@ use crate::store::queries::{self, ScanRow};
 use crate::store::staging::{self, NewScan, StagedScan};
 use crate::submission::{self, parse_tenant_id, PreparedScan};
 
+/// `POST /data-scans` body, as the submission parser (`submission/`) reads it.
+#[derive(ToSchema)]
+#[schema(
+    description = "A scan: up to `ingest.max_scan_records` records (100,000 by default) for \
+                        one tenant. Invalid records are counted and reported, not rejected with \
+                        the scan. — Một lần quét: tối đa `ingest.max_scan_records` bản ghi (mặc \
+                        định 100.000) cho một tổ chức. Bản ghi không hợp lệ được đếm và báo lại, \
+                        không làm từ chối cả lần quét."
+)]
+#[allow(dead_code)]
+pub struct ScanSubmission {
+    tenant_id: Uuid,
+    #[schema(min_items = 1, max_items = 100_000)]
+    activities: Vec<Activity>,
+    /// Default `standard`.
+    #[schema(value_type = Option<PriorityName>)]
+    priority: Option<String>,
+    /// The same key for the same tenant within 24 hours returns the first scan: at most 255
+    /// bytes of UTF-8, without U+0000.
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^\\u0000]*$")]
+    idempotency_key: Option<String>,
+}
+
+/// `POST /batch/processing-activities` body, as the submission parser reads it.
+#[derive(ToSchema)]
+#[schema(
+    description = "A synchronous batch: up to `ingest.max_batch_records` records (10,000 \
+                        by default). — Một lô đồng bộ: tối đa `ingest.max_batch_records` bản ghi \
+                        (mặc định 10.000)."
+)]
+#[allow(dead_code)]
+pub struct BatchSubmission {
+    #[schema(min_items = 1, max_items = 10_000)]
+    activities: Vec<Activity>,
+}
+
+/// One refused record of a submission.
+#[derive(ToSchema)]
+#[schema(as = RecordError)]
+#[allow(dead_code)]
+pub struct RecordErrorBody {
+    /// The record's index in `activities` (0 for an error about the whole batch).
+    index: u64,
+    /// The field at fault, or empty.
+    field: String,
+    error: String,
+    error_vi: String,
+}
+
+/// `202` to `POST /data-scans`: the scan is committed.
+#[derive(Serialize, ToSchema)]
+pub struct ScanAccepted {
+    scan_id: Uuid,
+    #[schema(value_type = Uuid)]
+    tenant_id: TenantId,
+    #[schema(value_type = ScanStatusName)]
+    status: &'static str,
+    status_vi: &'static str,
+    #[schema(value_type = PriorityName)]
+    priority: &'static str,
+    records_total: i32,
+    /// Records refused at submission.
+    records_invalid: i32,
+    /// The first refused records (at most 100).
+    #[schema(value_type = Vec<RecordErrorBody>)]
+    errors: Vec<RecordError>,
+    /// Where to follow the scan: `/data-scans/{scan_id}?tenant_id={tenant_id}`.
+    status_url: String,
+}
+
+/// A scan and its progress.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Scan)]
+pub struct ScanBody {
+    scan_id: Uuid,
+    #[schema(value_type = Uuid)]
+    tenant_id: TenantId,
+    #[schema(value_type = ScanStatusName)]
+    status: &'static str,
+    #[schema(example = "hoàn thành")]
+    status_vi: &'static str,
+    #[schema(value_type = PriorityName)]
+    priority: &'static str,
+    #[schema(minimum = 0, maximum = 100)]
+    progress_percent: f64,
+    records_total: i32,
+    records_processed: i32,
+    records_failed: i32,
+    /// The first failed records (at most 100).
+    #[schema(value_type = Vec<RecordErrorBody>)]
+    errors: Vec<RecordError>,
+    /// Present when records failed.
+    error_details: Option<ScanErrorDetails>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    completed_at: Option<DateTime<Utc>>,
+}
+
+/// A summary of a scan's failed records.
+#[derive(Serialize, ToSchema)]
+pub struct ScanErrorDetails {
+    records_failed: i32,
+    errors_shown: usize,
+    message: String,
+    message_vi: String,
+}
+
+/// `GET /data-scans`.
+#[derive(Serialize, ToSchema)]
+pub struct ScanList {
+    #[schema(value_type = Uuid)]
+    tenant_id: TenantId,
+    count: usize,
+    scans: Vec<ScanBody>,
+}
+
+/// `201` to `POST /batch/processing-activities`: the valid records are committed.
+#[derive(Serialize, ToSchema)]
+pub struct BatchResult {
+    /// False when some chunks could not be written (they are counted in `records_failed`).
+    success: bool,
+    #[schema(example = "thành công")]
+    success_vi: &'static str,
+    records_created: u64,
+    records_failed: u64,
+    #[schema(value_type = Vec<RecordErrorBody>)]
+    errors: Vec<RecordError>,
+    execution_time_seconds: f64,
+    message: String,
+    message_vi: String,
+}
+
 /// Default and largest page of `GET /data-scans`.
 const SCAN_LIST_DEFAULT_LIMIT: i64 = 50;
 const SCAN_LIST_MAX_LIMIT: i64 = 500;
 
+/// Accepts a scan: answers once it is committed.
+#[utoipa::path(
+    post,
+    path = "/data-scans",
+    tag = "ingest",
+    summary = "Submit a scan / Gửi một lần quét",
+    description = "Commits the scan in PostgreSQL, then answers 202; the records are written in \
+                   the background, throttled per tenant. Invalid records are reported, not \
+                   rejected with the scan; a scan with no valid record gets 422. — Lưu lần quét \
+                   vào PostgreSQL rồi trả về 202; các bản ghi được ghi ở nền, có giới hạn tốc độ \
+                   theo từng tổ chức. Bản ghi không hợp lệ được báo lại; lần quét không có bản \
+                   ghi hợp lệ nào nhận 422.",
+    request_body = ScanSubmission,
+    responses(
+        (status = 202, description = "Committed / Đã lưu", body = ScanAccepted),
+        (status = 400, description = "Malformed body or field / Nội dung hoặc trường không hợp lệ", body = ErrorBody),
+        (status = 403, description = "Tenant outside the key's scope / Tổ chức ngoài phạm vi của khóa", body = ErrorBody),
+        (status = 413, description = "Body or record count over the limit / Nội dung hoặc số bản ghi vượt giới hạn", body = ErrorBody),
+        (status = 415, description = "Not application/json / Không phải application/json", body = ErrorBody),
+        (status = 422, description = "No valid record / Không có bản ghi hợp lệ", body = ErrorBody),
+        (status = 429, description = "Tenant backlog full / Hàng đợi của tổ chức đã đầy", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds / Số giây"))),
+    )
+)]
 pub async fn submit_scan(
     state: Arc<AppState>,
     authorization: HeaderText,
@@ -154,17 +315,20 @@ async fn submit_scan_inner(
             .with_retry_after(retry_after_secs))
         }
     };
-    let body = json!({
-        "scan_id": scan.scan_id,
-        "tenant_id": scan.tenant_id,
-        "status": scan.status.as_str(),
-        "status_vi": scan.status.as_str_vi(),
-        "priority": scan.priority.as_str(),
-        "records_total": scan.records_total,
-        "records_invalid": scan_invalid_at_submission(&scan),
-        "errors": scan.errors,
-        "status_url": format!("/data-scans/{}?tenant_id={}", scan.scan_id, scan.tenant_id),
-    });
+    let body = ScanAccepted {
+        scan_id: scan.scan_id,
+        tenant_id: scan.tenant_id,
+        status: scan.status.as_str(),
+        status_vi: scan.status.as_str_vi(),
+        priority: scan.priority.as_str(),
+        records_total: scan.records_total,
+        records_invalid: scan_invalid_at_submission(&scan),
+        status_url: format!(
+            "/data-scans/{}?tenant_id={}",
+            scan.scan_id, scan.tenant_id.0
+        ),
+        errors: scan.errors,
+    };
     Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response())
 }
 
@@ -177,6 +341,26 @@ fn scan_invalid_at_submission(scan: &ScanRow) -> i32 {
     }
 }
 
+/// One scan of a tenant.
+#[utoipa::path(
+    get,
+    path = "/data-scans/{scan_id}",
+    tag = "ingest",
+    summary = "A scan's progress / Tiến độ của một lần quét",
+    description = "A scan's status and progress. Another tenant's scan is 404, like an unknown \
+                   one. — Trạng thái và tiến độ của một lần quét. Lần quét của tổ chức khác trả \
+                   về 404, như lần quét không tồn tại.",
+    params(
+        ("scan_id" = Uuid, Path, description = "The scan / Mã lần quét"),
+        ("tenant_id" = Uuid, Query, description = "The scan's tenant / Mã tổ chức"),
+    ),
+    responses(
+        (status = 200, description = "The scan / Lần quét", body = ScanBody),
+        (status = 400, description = "Missing or malformed parameter / Thiếu hoặc sai tham số", body = ErrorBody),
+        (status = 403, description = "Tenant outside the key's scope / Tổ chức ngoài phạm vi của khóa", body = ErrorBody),
+        (status = 404, description = "No such scan for this tenant / Không có lần quét này", body = ErrorBody),
+    )
+)]
 pub async fn get_scan(
     scan_id_text: String,
     state: Arc<AppState>,
@@ -203,9 +387,28 @@ async fn get_scan_inner(
     let scan = queries::scan(&state.read_pool, tenant_id, scan_id)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    Ok(warp::reply::json(&scan_json(&scan)).into_response())
+    Ok(warp::reply::json(&scan_body(scan)).into_response())
 }
 
+/// A tenant's scans, newest first.
+#[utoipa::path(
+    get,
+    path = "/data-scans",
+    tag = "ingest",
+    summary = "A tenant's scans / Các lần quét của một tổ chức",
+    description = "A tenant's scans, newest first, optionally of one status. — Các lần quét của \
+                   một tổ chức, mới nhất trước, có thể lọc theo trạng thái.",
+    params(
+        ("tenant_id" = Uuid, Query, description = "The tenant / Mã tổ chức"),
+        ("status" = Option<ScanStatusName>, Query, description = "Only scans of this status / Chỉ các lần quét có trạng thái này"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "At most this many (default 50) / Tối đa bấy nhiêu (mặc định 50)"),
+    ),
+    responses(
+        (status = 200, description = "The scans / Các lần quét", body = ScanList),
+        (status = 400, description = "Missing or malformed parameter / Thiếu hoặc sai tham số", body = ErrorBody),
+        (status = 403, description = "Tenant outside the key's scope / Tổ chức ngoài phạm vi của khóa", body = ErrorBody),
+    )
+)]
 pub async fn list_scans(state: Arc<AppState>, authorization: HeaderText, query: Query) -> Response {
     respond(list_scans_inner(state, authorization, query).await)
 }
@@ -241,47 +444,51 @@ async fn list_scans_inner(
             })?,
     };
     let scans = queries::scans(&state.read_pool, tenant_id, status_opt, limit).await?;
-    let body = json!({
-        "tenant_id": tenant_id,
-        "count": scans.len(),
-        "scans": scans.iter().map(scan_json).collect::<Vec<_>>(),
-    });
+    let body = ScanList {
+        tenant_id,
+        count: scans.len(),
+        scans: scans.into_iter().map(scan_body).collect(),
+    };
     Ok(warp::reply::json(&body).into_response())
 }
 
-fn scan_json(scan: &ScanRow) -> serde_json::Value {
+fn scan_body(scan: ScanRow) -> ScanBody {
     let accounted = scan.records_processed + scan.records_failed;
     let progress_percent = if scan.records_total > 0 {
         (accounted as f64 * 10_000.0 / scan.records_total as f64).round() / 100.0
     } else {
         100.0
     };
-    let error_details = if scan.records_failed > 0 {
-        json!({
-            "records_failed": scan.records_failed,
-            "errors_shown": scan.errors.len(),
-            "message": format!("{} records failed; the first {} are listed in errors", scan.records_failed, scan.errors.len()),
-            "message_vi": format!("{} bản ghi bị lỗi; {} lỗi đầu tiên được liệt kê trong errors", scan.records_failed, scan.errors.len()),
-        })
-    } else {
-        serde_json::Value::Null
-    };
-    json!({
-        "scan_id": scan.scan_id,
-        "tenant_id": scan.tenant_id,
-        "status": scan.status.as_str(),
-        "status_vi": scan.status.as_str_vi(),
-        "priority": scan.priority.as_str(),
-        "progress_percent": progress_percent,
-        "records_total": scan.records_total,
-        "records_processed": scan.records_processed,
-        "records_failed": scan.records_failed,
-        "errors": scan.errors,
-        "error_details": error_details,
-        "created_at": scan.created_at,
-        "started_at": scan.started_at_opt,
-        "completed_at": scan.completed_at_opt,
-    })
+    let error_details = (scan.records_failed > 0).then(|| ScanErrorDetails {
+        records_failed: scan.records_failed,
+        errors_shown: scan.errors.len(),
+        message: format!(
+            "{} records failed; the first {} are listed in errors",
+            scan.records_failed,
+            scan.errors.len()
+        ),
+        message_vi: format!(
+            "{} bản ghi bị lỗi; {} lỗi đầu tiên được liệt kê trong errors",
+            scan.records_failed,
+            scan.errors.len()
+        ),
+    });
+    ScanBody {
+        scan_id: scan.scan_id,
+        tenant_id: scan.tenant_id,
+        status: scan.status.as_str(),
+        status_vi: scan.status.as_str_vi(),
+        priority: scan.priority.as_str(),
+        progress_percent,
+        records_total: scan.records_total,
+        records_processed: scan.records_processed,
+        records_failed: scan.records_failed,
+        errors: scan.errors,
+        error_details,
+        created_at: scan.created_at,
+        started_at: scan.started_at_opt,
+        completed_at: scan.completed_at_opt,
+    }
 }
 
 pub(super) fn tenant_from_query(query: &Query) -> Result<TenantId, ApiError> {
@@ -300,6 +507,29 @@ pub(super) fn parse_tenant_id_param(text: &str) -> Result<TenantId, ApiError> {
     Ok(parse_tenant_id(text)?)
 }
 
+/// Writes a batch synchronously.
+#[utoipa::path(
+    post,
+    path = "/batch/processing-activities",
+    tag = "ingest",
+    summary = "Write a batch now / Ghi một lô ngay",
+    description = "Answers 201 once the valid records are committed. Obeys the tenant's \
+                   throttle: 429 if it would wait longer than the configured bound. — Trả về 201 \
+                   khi các bản ghi hợp lệ đã được lưu. Tuân theo giới hạn tốc độ của tổ chức: 429 \
+                   nếu phải chờ lâu hơn giới hạn cấu hình.",
+    params(("tenant_id" = Uuid, Query, description = "The tenant / Mã tổ chức")),
+    request_body = BatchSubmission,
+    responses(
+        (status = 201, description = "Committed / Đã lưu", body = BatchResult),
+        (status = 400, description = "Malformed body, field or parameter / Nội dung, trường hoặc tham số không hợp lệ", body = ErrorBody),
+        (status = 403, description = "Tenant outside the key's scope / Tổ chức ngoài phạm vi của khóa", body = ErrorBody),
+        (status = 413, description = "Body or record count over the limit / Nội dung hoặc số bản ghi vượt giới hạn", body = ErrorBody),
+        (status = 415, description = "Not application/json / Không phải application/json", body = ErrorBody),
+        (status = 422, description = "No valid record / Không có bản ghi hợp lệ", body = ErrorBody),
+        (status = 429, description = "Tenant throttled / Tổ chức bị giới hạn tốc độ", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds / Số giây"))),
+    )
+)]
 pub async fn submit_batch(
     state: Arc<AppState>,
     authorization: HeaderText,
@@ -424,16 +654,20 @@ async fn submit_batch_inner(
     );
     audit_log::record_alone(&state.pool, &event).await?;
     let success = unwritten.is_empty();
-    let body = json!({
-        "success": success,
-        "success_vi": if success { "thành công" } else { "thành công một phần" },
-        "records_created": records_created,
-        "records_failed": records_failed,
-        "errors": errors,
-        "execution_time_seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-        "message": format!("{records_created} records created, {records_failed} failed"),
-        "message_vi": format!("đã tạo {records_created} bản ghi, {records_failed} bản ghi lỗi"),
-    });
+    let body = BatchResult {
+        success,
+        success_vi: if success {
+            "thành công"
+        } else {
+            "thành công một phần"
+        },
+        records_created,
+        records_failed,
+        errors,
+        execution_time_seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        message: format!("{records_created} records created, {records_failed} failed"),
+        message_vi: format!("đã tạo {records_created} bản ghi, {records_failed} bản ghi lỗi"),
+    };
     Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::CREATED).into_response())
 }
 

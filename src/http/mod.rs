@@ -15,6 +15,7 @@ mod headers;
 mod health;
 mod ingest;
 pub mod listener;
+pub mod openapi;
 mod webhooks;
 
 use std::collections::HashMap;
@@ -162,10 +163,208 @@ impl AppState {
 
 pub type Query = HashMap<String, String>;
 
+/// A method the API's routes answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteMethod {
+    Get,
+    Post,
+    Put,
+    Delete,
+}
+
+impl RouteMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteMethod::Get => "GET",
+            RouteMethod::Post => "POST",
+            RouteMethod::Put => "PUT",
+            RouteMethod::Delete => "DELETE",
+        }
+    }
+
+    fn filter(self) -> warp::filters::BoxedFilter<()> {
+        match self {
+            RouteMethod::Get => warp::get().boxed(),
+            RouteMethod::Post => warp::post().boxed(),
+            RouteMethod::Put => warp::put().boxed(),
+            RouteMethod::Delete => warp::delete().boxed(),
+        }
+    }
+}
+
+/// One route: a method and a path template, where `{name}` is one path segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Route {
+    pub method: RouteMethod,
+    pub template: &'static str,
+}
+
+const fn route(method: RouteMethod, template: &'static str) -> Route {
+    Route { method, template }
+}
+
+/// Every route the engine answers. [`routes`] builds the router from this table (and refuses
+/// to start if a route is built that is not listed, or listed and not built), metrics label
+/// requests with its templates, and the OpenAPI document's drift test compares it with the
+/// document's paths: the three cannot disagree.
+pub const ROUTES: &[Route] = &[
+    route(RouteMethod::Get, "/health"),
+    route(RouteMethod::Get, "/health/database"),
+    route(RouteMethod::Get, "/health/connection-pools"),
+    route(RouteMethod::Get, "/metrics"),
+    route(RouteMethod::Get, "/openapi.json"),
+    route(RouteMethod::Post, "/data-scans"),
+    route(RouteMethod::Get, "/data-scans"),
+    route(RouteMethod::Get, "/data-scans/{scan_id}"),
+    route(RouteMethod::Post, "/batch/processing-activities"),
+    route(RouteMethod::Get, "/analytics/compliance-summary"),
+    route(RouteMethod::Get, "/analytics/processing-activities"),
+    route(RouteMethod::Get, "/analytics/regional-summary"),
+    route(RouteMethod::Post, "/admin/tenants"),
+    route(RouteMethod::Get, "/admin/tenants"),
+    route(RouteMethod::Get, "/admin/tenants/{tenant_id}"),
+    route(RouteMethod::Put, "/admin/tenants/{tenant_id}/limits"),
+    route(RouteMethod::Post, "/admin/tenants/{tenant_id}/pause"),
+    route(RouteMethod::Post, "/admin/tenants/{tenant_id}/resume"),
+    route(RouteMethod::Post, "/admin/keys"),
+    route(RouteMethod::Delete, "/admin/keys/{key_id}"),
+    route(RouteMethod::Get, "/admin/dead-letters"),
+    route(
+        RouteMethod::Post,
+        "/admin/dead-letters/{dead_letter_id}/replay",
+    ),
+    route(RouteMethod::Get, "/admin/audit"),
+    route(RouteMethod::Get, "/admin/audit/archives"),
+    route(RouteMethod::Get, "/admin/cluster"),
+    route(RouteMethod::Post, "/admin/tenants/{tenant_id}/webhooks"),
+    route(RouteMethod::Get, "/admin/tenants/{tenant_id}/webhooks"),
+    route(
+        RouteMethod::Delete,
+        "/admin/tenants/{tenant_id}/webhooks/{endpoint_id}",
+    ),
+    route(
+        RouteMethod::Get,
+        "/admin/tenants/{tenant_id}/webhook-deliveries",
+    ),
+    route(
+        RouteMethod::Post,
+        "/admin/tenants/{tenant_id}/webhook-deliveries/{delivery_id}/redeliver",
+    ),
+];
+
+/// The parameter segments of `segments` if they match `template`, else `None`. A parameter
+/// matches one non-empty segment, as it is sent (percent-encoded).
+fn match_template<'a>(
+    template: &str,
+    mut segments: impl Iterator<Item = &'a str>,
+) -> Option<Vec<String>> {
+    let mut parameters = Vec::new();
+    for expected in template.trim_start_matches('/').split('/') {
+        let segment = segments.next()?;
+        if expected.starts_with('{') {
+            if segment.is_empty() {
+                return None;
+            }
+            parameters.push(segment.to_string());
+        } else if segment != expected {
+            return None;
+        }
+    }
+    segments.next().is_none().then_some(parameters)
+}
+
+/// The route template of a request path, for metrics and logs: a bounded set of values
+/// whatever the path (`"other"` for a path no route has).
+pub fn route_template(path: &str) -> &'static str {
+    ROUTES
+        .iter()
+        .find(|route| match_template(route.template, path.trim_matches('/').split('/')).is_some())
+        .map_or("other", |route| route.template)
+}
+
+/// Builds the filters of [`ROUTES`], and remembers which it built.
+#[derive(Default)]
+struct RouteBuilder {
+    built: std::cell::RefCell<Vec<Route>>,
+}
+
+impl RouteBuilder {
+    /// The path and method of a route without parameters.
+    fn fixed(
+        &self,
+        method: RouteMethod,
+        template: &'static str,
+    ) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+        self.matching(method, template)
+            .map(|_: Vec<String>| ())
+            .untuple_one()
+    }
+
+    /// The path and method of a route with one parameter, which it extracts.
+    fn with_parameter(
+        &self,
+        method: RouteMethod,
+        template: &'static str,
+    ) -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
+        self.matching(method, template)
+            .map(|mut parameters: Vec<String>| parameters.pop().unwrap_or_default())
+    }
+
+    /// The path and method of a route with two parameters, which it extracts in order.
+    fn with_two_parameters(
+        &self,
+        method: RouteMethod,
+        template: &'static str,
+    ) -> impl Filter<Extract = (String, String), Error = Rejection> + Clone {
+        self.matching(method, template)
+            .map(|parameters: Vec<String>| {
+                let mut parameters = parameters.into_iter();
+                (
+                    parameters.next().unwrap_or_default(),
+                    parameters.next().unwrap_or_default(),
+                )
+            })
+            .untuple_one()
+    }
+
+    fn matching(
+        &self,
+        method: RouteMethod,
+        template: &'static str,
+    ) -> impl Filter<Extract = (Vec<String>,), Error = Rejection> + Clone {
+        self.built.borrow_mut().push(route(method, template));
+        warp::path::full()
+            .and_then(move |path: warp::path::FullPath| async move {
+                let segments_opt = path.as_str().strip_prefix('/').map(|rest| rest.split('/'));
+                segments_opt
+                    .and_then(|segments| match_template(template, segments))
+                    .ok_or_else(warp::reject::not_found)
+            })
+            .and(method.filter())
+    }
+
+    /// What differs between the routes built and [`ROUTES`], if anything.
+    fn differences_from_table(self) -> Option<String> {
+        let built = self.built.into_inner();
+        let unlisted: Vec<&Route> = built
+            .iter()
+            .filter(|route| !ROUTES.contains(route))
+            .collect();
+        let unbuilt: Vec<&Route> = ROUTES
+            .iter()
+            .filter(|route| !built.contains(route))
+            .collect();
+        (!unlisted.is_empty() || !unbuilt.is_empty()).then(|| {
+            format!("built but not in ROUTES: {unlisted:?}; in ROUTES but not built: {unbuilt:?}")
+        })
+    }
+}
+
 /// All routes.
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let builder = RouteBuilder::default();
     let with_state = {
         let state = state.clone();
         warp::any().map(move || state.clone())
@@ -175,32 +374,30 @@ pub fn routes(
         .unify()
         .map(|raw: String| parse_query(&raw));
 
-    let health = warp::path!("health")
-        .and(warp::get())
+    let health = builder
+        .fixed(RouteMethod::Get, "/health")
         .map(health::liveness)
         .boxed();
-    let health_database = warp::path!("health" / "database")
-        .and(warp::get())
+    let health_database = builder
+        .fixed(RouteMethod::Get, "/health/database")
         .and(with_state.clone())
         .then(health::database)
         .boxed();
-    let health_connection_pools = warp::path!("health" / "connection-pools")
-        .and(warp::get())
+    let health_connection_pools = builder
+        .fixed(RouteMethod::Get, "/health/connection-pools")
         .and(with_state.clone())
         .map(health::connection_pools)
         .boxed();
 
-    let metrics_route = warp::path!("metrics")
-        .and(warp::get())
+    let metrics_route = builder
+        .fixed(RouteMethod::Get, "/metrics")
         .and(with_state.clone())
-        .map(|state: Arc<AppState>| {
-            warp::reply::with_header(
-                state.metrics.render(),
-                "content-type",
-                "text/plain; version=0.0.4; charset=utf-8",
-            )
-            .into_response()
-        })
+        .map(render_metrics)
+        .boxed();
+    let document = Bytes::from(openapi::document_json(&state.settings));
+    let openapi_route = builder
+        .fixed(RouteMethod::Get, "/openapi.json")
+        .map(move || openapi::document_response(document.clone()))
         .boxed();
     let authorization = header_text("authorization");
     let json_body = |limit: u64| {
@@ -217,176 +414,187 @@ pub fn routes(
         .and(warp::body::stream())
         .map(PendingBody::new);
 
-    let submit_scan = warp::path!("data-scans")
-        .and(warp::post())
+    let submit_scan = builder
+        .fixed(RouteMethod::Post, "/data-scans")
         .and(with_state.clone())
         .and(authorization)
         .and(pending_body)
         .then(ingest::submit_scan)
         .boxed();
-    let get_scan = warp::path!("data-scans" / String)
-        .and(warp::get())
+    let get_scan = builder
+        .with_parameter(RouteMethod::Get, "/data-scans/{scan_id}")
         .and(with_state.clone())
         .and(authorization)
         .and(query)
         .then(ingest::get_scan)
         .boxed();
-    let list_scans = warp::path!("data-scans")
-        .and(warp::get())
+    let list_scans = builder
+        .fixed(RouteMethod::Get, "/data-scans")
         .and(with_state.clone())
         .and(authorization)
         .and(query)
         .then(ingest::list_scans)
         .boxed();
-    let submit_batch = warp::path!("batch" / "processing-activities")
-        .and(warp::post())
+    let submit_batch = builder
+        .fixed(RouteMethod::Post, "/batch/processing-activities")
         .and(with_state.clone())
         .and(authorization)
         .and(query)
         .and(pending_body)
         .then(ingest::submit_batch)
         .boxed();
-    let compliance_summary = warp::path!("analytics" / "compliance-summary")
-        .and(warp::get())
+    let compliance_summary = builder
+        .fixed(RouteMethod::Get, "/analytics/compliance-summary")
         .and(with_state.clone())
         .and(authorization)
         .and(query)
         .then(analytics::compliance_summary)
         .boxed();
-    let processing_activities = warp::path!("analytics" / "processing-activities")
-        .and(warp::get())
+    let processing_activities = builder
+        .fixed(RouteMethod::Get, "/analytics/processing-activities")
         .and(with_state.clone())
         .and(authorization)
         .and(query)
         .then(analytics::processing_activities)
         .boxed();
 
-    let regional_summary = warp::path!("analytics" / "regional-summary")
-        .and(warp::get())
+    let regional_summary = builder
+        .fixed(RouteMethod::Get, "/analytics/regional-summary")
         .and(with_state.clone())
         .and(authorization)
         .then(analytics::regional_summary)
         .boxed();
 
-    let create_tenant = warp::path!("admin" / "tenants")
-        .and(warp::post())
+    let create_tenant = builder
+        .fixed(RouteMethod::Post, "/admin/tenants")
         .and(with_state.clone())
         .and(authorization)
         .and(small_body)
         .then(admin::create_tenant)
         .boxed();
-    let list_tenants = warp::path!("admin" / "tenants")
-        .and(warp::get())
+    let list_tenants = builder
+        .fixed(RouteMethod::Get, "/admin/tenants")
         .and(with_state.clone())
         .and(authorization)
         .then(admin::list_tenants)
         .boxed();
-    let show_tenant = warp::path!("admin" / "tenants" / String)
-        .and(warp::get())
+    let show_tenant = builder
+        .with_parameter(RouteMethod::Get, "/admin/tenants/{tenant_id}")
         .and(with_state.clone())
         .and(authorization)
         .then(admin::show_tenant)
         .boxed();
-    let set_limits = warp::path!("admin" / "tenants" / String / "limits")
-        .and(warp::put())
+    let set_limits = builder
+        .with_parameter(RouteMethod::Put, "/admin/tenants/{tenant_id}/limits")
         .and(with_state.clone())
         .and(authorization)
         .and(small_body)
         .then(admin::set_limits)
         .boxed();
-    let pause = warp::path!("admin" / "tenants" / String / "pause")
-        .and(warp::post())
+    let pause = builder
+        .with_parameter(RouteMethod::Post, "/admin/tenants/{tenant_id}/pause")
         .and(with_state.clone())
         .and(authorization)
         .then(admin::pause)
         .boxed();
-    let resume = warp::path!("admin" / "tenants" / String / "resume")
-        .and(warp::post())
+    let resume = builder
+        .with_parameter(RouteMethod::Post, "/admin/tenants/{tenant_id}/resume")
         .and(with_state.clone())
         .and(authorization)
         .then(admin::resume)
         .boxed();
-    let mint_key = warp::path!("admin" / "keys")
-        .and(warp::post())
+    let mint_key = builder
+        .fixed(RouteMethod::Post, "/admin/keys")
         .and(with_state.clone())
         .and(authorization)
         .and(small_body)
         .then(admin::mint_key)
         .boxed();
-    let revoke_key = warp::path!("admin" / "keys" / String)
-        .and(warp::delete())
+    let revoke_key = builder
+        .with_parameter(RouteMethod::Delete, "/admin/keys/{key_id}")
         .and(with_state.clone())
         .and(authorization)
         .then(admin::revoke_key)
         .boxed();
 
-    let list_dead_letters = warp::path!("admin" / "dead-letters")
-        .and(warp::get())
+    let list_dead_letters = builder
+        .fixed(RouteMethod::Get, "/admin/dead-letters")
         .and(with_state.clone())
         .and(authorization)
         .and(query)
         .then(admin::list_dead_letters)
         .boxed();
-    let replay_dead_letter = warp::path!("admin" / "dead-letters" / String / "replay")
-        .and(warp::post())
+    let replay_dead_letter = builder
+        .with_parameter(
+            RouteMethod::Post,
+            "/admin/dead-letters/{dead_letter_id}/replay",
+        )
         .and(with_state.clone())
         .and(authorization)
         .then(admin::replay_dead_letter)
         .boxed();
 
-    let read_audit = warp::path!("admin" / "audit")
-        .and(warp::get())
+    let read_audit = builder
+        .fixed(RouteMethod::Get, "/admin/audit")
         .and(with_state.clone())
         .and(authorization)
         .and(query)
         .then(audit::read_audit)
         .boxed();
-    let list_instances = warp::path!("admin" / "cluster")
-        .and(warp::get())
+    let list_instances = builder
+        .fixed(RouteMethod::Get, "/admin/cluster")
         .and(with_state.clone())
         .and(authorization)
         .then(admin::list_instances)
         .boxed();
-    let list_audit_archives = warp::path!("admin" / "audit" / "archives")
-        .and(warp::get())
+    let list_audit_archives = builder
+        .fixed(RouteMethod::Get, "/admin/audit/archives")
         .and(with_state.clone())
         .and(authorization)
         .then(audit::list_archives)
         .boxed();
 
-    let register_webhook = warp::path!("admin" / "tenants" / String / "webhooks")
-        .and(warp::post())
+    let register_webhook = builder
+        .with_parameter(RouteMethod::Post, "/admin/tenants/{tenant_id}/webhooks")
         .and(with_state.clone())
         .and(authorization)
         .and(small_body)
         .then(webhooks::register)
         .boxed();
-    let list_webhooks = warp::path!("admin" / "tenants" / String / "webhooks")
-        .and(warp::get())
+    let list_webhooks = builder
+        .with_parameter(RouteMethod::Get, "/admin/tenants/{tenant_id}/webhooks")
         .and(with_state.clone())
         .and(authorization)
         .then(webhooks::list)
         .boxed();
-    let delete_webhook = warp::path!("admin" / "tenants" / String / "webhooks" / String)
-        .and(warp::delete())
+    let delete_webhook = builder
+        .with_two_parameters(
+            RouteMethod::Delete,
+            "/admin/tenants/{tenant_id}/webhooks/{endpoint_id}",
+        )
         .and(with_state.clone())
         .and(authorization)
         .then(webhooks::delete)
         .boxed();
-    let list_webhook_deliveries = warp::path!("admin" / "tenants" / String / "webhook-deliveries")
-        .and(warp::get())
+    let list_webhook_deliveries = builder
+        .with_parameter(
+            RouteMethod::Get,
+            "/admin/tenants/{tenant_id}/webhook-deliveries",
+        )
         .and(with_state.clone())
         .and(authorization)
         .and(query)
         .then(webhooks::list_deliveries)
         .boxed();
-    let redeliver_webhook =
-        warp::path!("admin" / "tenants" / String / "webhook-deliveries" / String / "redeliver")
-            .and(warp::post())
-            .and(with_state.clone())
-            .and(authorization)
-            .then(webhooks::redeliver)
-            .boxed();
+    let redeliver_webhook = builder
+        .with_two_parameters(
+            RouteMethod::Post,
+            "/admin/tenants/{tenant_id}/webhook-deliveries/{delivery_id}/redeliver",
+        )
+        .and(with_state.clone())
+        .and(authorization)
+        .then(webhooks::redeliver)
+        .boxed();
     let webhook_routes = register_webhook
         .or(list_webhooks)
         .unify()
@@ -432,6 +640,8 @@ pub fn routes(
         .unify()
         .or(metrics_route)
         .unify()
+        .or(openapi_route)
+        .unify()
         .or(health_connection_pools)
         .unify()
         .or(submit_scan)
@@ -453,6 +663,11 @@ pub fn routes(
         .recover(recover)
         .unify();
 
+    // A programming error, caught by every test that starts the engine.
+    if let Some(differences) = builder.differences_from_table() {
+        panic!("the router and http::ROUTES differ: {differences}");
+    }
+
     let request_context = header_text("x-request-id").map(|incoming: HeaderText| RequestContext {
         request_id: incoming
             .value_opt()
@@ -465,6 +680,27 @@ pub fn routes(
         .and(warp::path::full())
         .and(all_routes)
         .map(finish_request)
+}
+
+/// The Prometheus text exposition of the engine's metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    summary = "Prometheus metrics / Số liệu Prometheus",
+    description = "Prometheus text format; no personal data, bounded labels. No token. — Định \
+                   dạng văn bản Prometheus; không có dữ liệu cá nhân, nhãn có giới hạn. Không cần \
+                   mã truy cập.",
+    responses((status = 200, description = "The metrics / Các số liệu", body = String,
+        content_type = "text/plain; version=0.0.4; charset=utf-8"))
+)]
+pub fn render_metrics(state: Arc<AppState>) -> Response {
+    warp::reply::with_header(
+        state.metrics.render(),
+        "content-type",
+        "text/plain; version=0.0.4; charset=utf-8",
+    )
+    .into_response()
 }
 
 /// Every request's id (the caller's one `x-request-id` when it is sensible, else a new UUIDv7)
@@ -492,7 +728,7 @@ fn finish_request(
         response.headers_mut().insert("x-request-id", value);
     }
     let elapsed = context.started.elapsed();
-    let route = crate::metrics::route_label(path.as_str());
+    let route = route_template(path.as_str());
     let status = response.status().as_u16();
     tracing::info!(
         request_id = %context.request_id,
@@ -517,8 +753,18 @@ pub fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(Reply::into_response)
 }
 
-/// Parses a small JSON body into `T`, with a bilingual 400 naming serde's complaint.
+/// Parses a small JSON object body into `T`, with a bilingual 400 naming serde's complaint.
+///
+/// Only an object is accepted: serde reads a struct from an array too, by position, so
+/// `[5, 10, 100]` would set three limits without naming one.
 pub fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "malformed_request",
+            "the request body must be a JSON object",
+            "nội dung yêu cầu phải là một đối tượng JSON",
+        ));
+    }
     serde_json::from_slice(body).map_err(|error| {
         // serde's complaint may quote the body ("unknown variant `…`").
         let reason = client_text::shown(&error.to_string(), client_text::MESSAGE_MAX_CHARS);
@@ -739,6 +985,44 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_labelled_by_their_route_template() {
+        assert_eq!(
+            route_template("/data-scans/0196b2f4-1111-7000-8000-000000000000"),
+            "/data-scans/{scan_id}"
+        );
+        assert_eq!(
+            route_template("/admin/tenants/x/limits"),
+            "/admin/tenants/{tenant_id}/limits"
+        );
+        assert_eq!(route_template("/../../etc/passwd"), "other");
+        assert_eq!(route_template("/health"), "/health");
+        assert_eq!(route_template("/health/"), "/health");
+        assert_eq!(route_template("/admin/tenants//limits"), "other");
+    }
+
+    #[test]
+    fn a_template_matches_whole_segments_only() {
+        let segments = |path: &'static str| path.split('/');
+        assert_eq!(
+            match_template("/admin/keys/{key_id}", segments("admin/keys/abc")),
+            Some(vec!["abc".to_string()])
+        );
+        assert_eq!(
+            match_template("/admin/keys/{key_id}", segments("admin/keys/")),
+            None
+        );
+        assert_eq!(
+            match_template("/admin/keys/{key_id}", segments("admin/keys/a/b")),
+            None
+        );
+        assert_eq!(match_template("/admin/keys", segments("admin/key")), None);
+        assert_eq!(
+            match_template("/admin/keys", segments("admin/keys")),
+            Some(vec![])
+        );
+    }
 
     #[test]
     fn queries_are_decoded() {

@@ -7,7 +7,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{accepted_scan_id, activities, spawn_app, test_settings, TestApp};
+use crate::helpers::{
+    accepted_scan_id, activities, assert_error, spawn_app, test_settings, TestApp,
+};
 use ingest_engine::store::connections;
 
 /// Entries of `tenant` with `action`.
@@ -331,5 +333,20 @@ async fn the_log_is_read_by_scope_newest_first_by_keyset() {
     assert_eq!(bad.status(), 400);
     let archives = app.get("/admin/audit/archives").await;
     assert_eq!(archives.status(), 200);
+    app.stop().await;
+}
+
+/// Found by schemathesis: a cursor whose time PostgreSQL cannot hold (before 4713 BC) reached
+/// the database and came back as a 422 `refused_by_database`; it is a malformed cursor.
+#[tokio::test]
+async fn a_cursor_out_of_the_databases_time_range_is_a_malformed_cursor() {
+    let app = spawn_app().await;
+    for cursor in [
+        "-1142380670341364866_4a4cd004584d900ab8ad8fd8f01e4bdf",
+        "9223372036854775807_4a4cd004584d900ab8ad8fd8f01e4bdf",
+    ] {
+        let response = app.get(&format!("/admin/audit?cursor={cursor}")).await;
+        assert_error(response, 400, "invalid_cursor").await;
+    }
     app.stop().await;
 }

@@ -776,3 +776,135 @@ async fn refusals_before_routing_carry_the_bilingual_body() {
     );
     app.stop().await;
 }
+
+/// The admin headers of a JSON request with `body`.
+fn admin_json_headers(body: &str) -> Vec<Vec<u8>> {
+    vec![
+        format!("authorization: Bearer {BOOTSTRAP_ADMIN_TOKEN}").into_bytes(),
+        b"content-type: application/json".to_vec(),
+        format!("content-length: {}", body.len()).into_bytes(),
+    ]
+}
+
+/// Found by schemathesis: serde reads a struct from a JSON array by position, so
+/// `PUT /admin/tenants/{id}/limits` with `[5, 10, 100]` set three limits without naming one.
+/// Every admin body must be an object; the limits stay as they were.
+#[tokio::test]
+async fn an_admin_body_that_is_an_array_is_refused_not_read_by_position() {
+    let app = spawn_app().await;
+    let tenant_id = Uuid::now_v7();
+    create_tenant(&app, tenant_id).await;
+    let before: Value = app
+        .get(&format!("/admin/tenants/{tenant_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let limits_path = format!("/admin/tenants/{tenant_id}/limits");
+    for (method, path, body) in [
+        ("PUT", limits_path.as_str(), "[5, 10, 100]"),
+        ("PUT", limits_path.as_str(), " \n[5, null, null]"),
+        (
+            "POST",
+            "/admin/tenants",
+            r#"[null, "Công ty", null, 5, 5, 5]"#,
+        ),
+        ("POST", "/admin/keys", r#"["service", null, "khóa"]"#),
+        ("POST", "/admin/keys", "\"service\""),
+    ] {
+        let case = format!("{method} {path} {body}");
+        let response = raw_request(
+            &app,
+            method,
+            path,
+            &admin_json_headers(body),
+            body.as_bytes(),
+        )
+        .await;
+        assert_bilingual_error(&case, &response, 400, "malformed_request");
+    }
+    let after: Value = app
+        .get(&format!("/admin/tenants/{tenant_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        after["limits"], before["limits"],
+        "the limits did not change"
+    );
+    let tenants: Value = app.get("/admin/tenants").await.json().await.unwrap();
+    assert_eq!(tenants["count"], 1, "no tenant was created: {tenants}");
+    app.stop().await;
+}
+
+/// Found by schemathesis: the document says `integer`, which JSON Schema (and many clients)
+/// also write as `6838.0`; the engine refused it as malformed. A whole number with a zero
+/// fraction is now read as that integer; a real fraction is still refused.
+#[tokio::test]
+async fn a_limit_written_as_a_whole_number_with_a_zero_fraction_is_that_integer() {
+    let app = spawn_app().await;
+    let tenant_id = Uuid::now_v7();
+    let body = format!(
+        r#"{{"tenant_id": "{tenant_id}", "name": "Công ty Huế", "records_per_second": 6838.0, "burst": 9.0e3, "max_backlog_records": 100000}}"#
+    );
+    let response = raw_request(
+        &app,
+        "POST",
+        "/admin/tenants",
+        &admin_json_headers(&body),
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        response.status,
+        201,
+        "{:?}",
+        String::from_utf8_lossy(&response.body)
+    );
+    let tenant = response.json();
+    assert_eq!(tenant["limits"]["records_per_second"], 6838, "{tenant}");
+    assert_eq!(tenant["limits"]["burst"], 9000, "{tenant}");
+
+    let path = format!("/admin/tenants/{tenant_id}/limits");
+    let body = r#"{"burst": 1500.0}"#;
+    let response = raw_request(
+        &app,
+        "PUT",
+        &path,
+        &admin_json_headers(body),
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        response.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&response.body)
+    );
+    assert_eq!(response.json()["limits"]["burst"], 1500);
+
+    for body in [
+        r#"{"burst": 1500.5}"#,
+        r#"{"burst": 1e300}"#,
+        r#"{"burst": "1500"}"#,
+    ] {
+        let response = raw_request(
+            &app,
+            "PUT",
+            &path,
+            &admin_json_headers(body),
+            body.as_bytes(),
+        )
+        .await;
+        assert_bilingual_error(body, &response, 400, "malformed_request");
+    }
+    let tenant: Value = app
+        .get(&format!("/admin/tenants/{tenant_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tenant["limits"]["burst"], 1500, "{tenant}");
+    app.stop().await;
+}

@@ -12,6 +12,7 @@ mod health;
 mod helpers;
 mod hostile;
 mod observability;
+mod openapi;
 mod process;
 mod reads;
 mod recovery;
