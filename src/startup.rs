@@ -216,25 +216,20 @@ impl Application {
         self.state.accepting.store(false, Ordering::Release);
         let grace = Duration::from_secs(self.state.settings.shutdown.grace_period_secs);
         self.state.engine.shutdown(grace).await;
-        // Writes are done: hand the tenants back, then stop the heartbeat and hand the lease
-        // back, so other instances take the tenants at once.
-        match crate::store::ownership::release_all(&self.state.pool, &self.state.instance_id).await
-        {
+        // Writes are done: stop the heartbeat, then in one transaction hand the tenants and the
+        // lease back and tell the others, which take the tenants at once.
+        liveness.stop();
+        let _ = heartbeat.await;
+        match crate::store::ownership::leave(&self.state.pool, &self.state.instance_id).await {
             Ok(released) => {
                 metrics::counter!(crate::metrics::CLUSTER_OWNERSHIP_CHANGES, "kind" => "released")
                     .increment(released);
-                tracing::info!(tenants = released, "tenants handed back");
+                tracing::info!(tenants = released, "tenants and lease handed back");
             }
-            Err(error) => {
-                tracing::warn!(%error, "could not hand the tenants back; they are taken when the lease expires")
-            }
-        }
-        liveness.stop();
-        let _ = heartbeat.await;
-        if let Err(error) =
-            crate::store::instances::leave(&self.state.pool, &self.state.instance_id).await
-        {
-            tracing::warn!(%error, "could not hand this instance's lease back; it will expire");
+            Err(error) => tracing::warn!(
+                %error,
+                "could not hand the tenants and the lease back; they are taken when the lease expires"
+            ),
         }
         let _ = self.stop_server.send(());
         if tokio::time::timeout(grace, server).await.is_err() {

@@ -1,5 +1,6 @@
-//! The instance table's SQL: heartbeats that renew a lease, the lease handed back at shutdown,
-//! and the list of instances with their liveness judged by the database's clock.
+//! The instance table's SQL: heartbeats that renew a lease, and the list of instances with
+//! their liveness judged by the database's clock. (The lease is handed back at shutdown with
+//! the instance's tenants, in `ownership::leave`.)
 
 use chrono::{DateTime, Utc};
 
@@ -30,18 +31,6 @@ pub async fn heartbeat(
         )
         .await?;
     Ok(row.get(0))
-}
-
-/// Hands the lease back at shutdown: the row goes, so others see the instance gone at once.
-pub async fn leave(pool: &Pool, instance_id: &str) -> Result<(), StoreError> {
-    let connection = super::connections::checkout(pool).await?;
-    connection
-        .execute(
-            "DELETE FROM engine_instances WHERE instance_id = $1",
-            &[&instance_id],
-        )
-        .await?;
-    Ok(())
 }
 
 /// An instance as recorded.

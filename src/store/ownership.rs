@@ -141,15 +141,23 @@ pub async fn hand_over(
     }
 }
 
-/// Hands back every tenant `instance_id` owns (at shutdown, once its writes are done) and
-/// tells the other instances, so they take them at once instead of after its lease runs out.
-pub async fn release_all(pool: &Pool, instance_id: &str) -> Result<u64, StoreError> {
+/// At shutdown, once the writes are done and the heartbeat stopped: hands back every tenant
+/// `instance_id` owns (a new epoch, no owner), deletes its lease and tells the other
+/// instances, in one transaction, so they take the tenants at once (their next pass no longer
+/// sees this instance alive). Returns the tenants handed back.
+pub async fn leave(pool: &Pool, instance_id: &str) -> Result<u64, StoreError> {
     let mut connection = super::connections::checkout(pool).await?;
     let transaction = connection.transaction().await?;
     let released = transaction
         .execute(
             "UPDATE tenant_owners SET instance_id = '', epoch = epoch + 1, acquired_at = now() \
              WHERE instance_id = $1",
+            &[&instance_id],
+        )
+        .await?;
+    transaction
+        .execute(
+            "DELETE FROM engine_instances WHERE instance_id = $1",
             &[&instance_id],
         )
         .await?;

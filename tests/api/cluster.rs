@@ -336,3 +336,410 @@ async fn each_tenant_is_written_by_its_one_owner_and_owners_change_cleanly() {
     second.stop().await;
     first.stop().await;
 }
+
+/// Three engine processes on one database, each started with `extra` settings.
+fn start_three(
+    database: &tokio_postgres::Config,
+    extra: &[(&str, &str)],
+) -> Vec<crate::process::EngineProcess> {
+    ["instance-a", "instance-b", "instance-c"]
+        .iter()
+        .map(|name| {
+            let mut environment = vec![
+                ("DATABASE_URL", crate::helpers::url_of(database)),
+                (
+                    "INGEST__AUTH__BOOTSTRAP_ADMIN_TOKEN",
+                    crate::helpers::BOOTSTRAP_ADMIN_TOKEN.to_string(),
+                ),
+                ("INGEST__CLUSTER__INSTANCE_ID", name.to_string()),
+                ("INGEST__INGEST__CHUNK_RECORDS", "100".to_string()),
+            ];
+            environment.extend(extra.iter().map(|(key, value)| (*key, value.to_string())));
+            crate::process::EngineProcess::start(&environment)
+        })
+        .collect()
+}
+
+async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body_opt: Option<serde_json::Value>,
+) -> reqwest::Response {
+    let request = http
+        .request(method, url)
+        .bearer_auth(crate::helpers::BOOTSTRAP_ADMIN_TOKEN);
+    match body_opt {
+        Some(body) => request.json(&body),
+        None => request,
+    }
+    .send()
+    .await
+    .expect("the request is sent")
+}
+
+async fn database_client(database: &tokio_postgres::Config) -> tokio_postgres::Client {
+    let (client, connection) = database.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+async fn shared_epochs(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM (SELECT tenant_id, epoch FROM ownership_writes \
+             GROUP BY tenant_id, epoch HAVING count(DISTINCT instance_id) > 1) AS shared",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Three processes: a tenant limited to 1,000 records a second, sent 30,000 records through all
+/// three at once, takes 27 to 33 s (one limit for the cluster, not one per instance); a limit
+/// raised through an instance that does not own the tenant is in force on its owner within a
+/// second; no two instances wrote under one epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_hold_one_tenant_limit_and_apply_a_change_within_a_second() {
+    let database = crate::helpers::test_server().await.fresh_database().await;
+    let engines = tokio::task::block_in_place(|| start_three(&database, &[]));
+    let http = crate::helpers::http_client();
+    let client = database_client(&database).await;
+    let limited = uuid::Uuid::new_v4();
+    let response = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{}/admin/tenants", engines[0].address),
+        Some(
+            serde_json::json!({ "tenant_id": limited, "name": "Giới hạn",
+            "records_per_second": 1_000, "burst": 1_000 }),
+        ),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let submissions = (0..30).map(|index| {
+        let url = format!("{}/data-scans", engines[index % 3].address);
+        let http = http.clone();
+        async move {
+            let response = call(
+                &http,
+                reqwest::Method::POST,
+                url,
+                Some(serde_json::json!({ "tenant_id": limited,
+                    "activities": crate::helpers::activities(1_000) })),
+            )
+            .await;
+            assert_eq!(response.status(), 202);
+        }
+    });
+    futures_util::future::join_all(submissions).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let seconds: f64 = loop {
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE status = 'completed'), \
+                     extract(epoch FROM max(completed_at) - min(created_at))::float8 \
+                 FROM scans WHERE tenant_id = $1",
+                &[&limited],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) == 30 {
+            break row.get(1);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scans did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("30,000 records at 1,000 records/s through three instances: {seconds:.2} s");
+    assert!((27.0..=33.0).contains(&seconds), "took {seconds:.2} s");
+    let written: i64 = client
+        .query_one(
+            "SELECT count(*) FROM processing_activities WHERE tenant_id = $1",
+            &[&limited],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(written, 30_000);
+
+    // A slow tenant with a backlog; its limit is raised through an instance that does not own it.
+    let slow = uuid::Uuid::new_v4();
+    let response = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{}/admin/tenants", engines[0].address),
+        Some(serde_json::json!({ "tenant_id": slow, "name": "Chậm",
+            "records_per_second": 100, "burst": 100 })),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let response = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{}/data-scans", engines[0].address),
+        Some(serde_json::json!({ "tenant_id": slow,
+            "activities": crate::helpers::activities(20_000) })),
+    )
+    .await;
+    assert_eq!(response.status(), 202);
+    let processed = || async {
+        client
+            .query_one(
+                "SELECT records_processed FROM scans WHERE tenant_id = $1",
+                &[&slow],
+            )
+            .await
+            .unwrap()
+            .get::<_, i32>(0)
+    };
+    while processed().await == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let shown: serde_json::Value = call(
+        &http,
+        reqwest::Method::GET,
+        format!("{}/admin/tenants/{slow}", engines[0].address),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let owner = shown["owner"]["instance_id"].as_str().unwrap().to_string();
+    let other = ["instance-a", "instance-b", "instance-c"]
+        .iter()
+        .position(|name| *name != owner)
+        .unwrap();
+    let before = processed().await;
+    let changed_at = std::time::Instant::now();
+    let response = call(
+        &http,
+        reqwest::Method::PUT,
+        format!("{}/admin/tenants/{slow}/limits", engines[other].address),
+        Some(serde_json::json!({ "records_per_second": 1_000_000, "burst": 1_000_000 })),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    // At the old rate, 2,000 more records take 20 s.
+    while processed().await < before + 2_000 {
+        assert!(
+            changed_at.elapsed() < Duration::from_secs(10),
+            "the new limit is not in force"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let in_force = changed_at.elapsed();
+    eprintln!(
+        "limit raised through {} for a tenant owned by {owner}: 2,000 more records written {:.0} ms later",
+        ["instance-a", "instance-b", "instance-c"][other],
+        in_force.as_secs_f64() * 1e3
+    );
+    assert!(in_force < Duration::from_secs(1), "{in_force:?}");
+    assert_eq!(shared_epochs(&client).await, 0);
+    drop(engines);
+}
+
+/// The instance among `engines` (by name) that owns the most tenants with staged work, with
+/// those tenants and their epochs.
+async fn busiest_owner(
+    client: &tokio_postgres::Client,
+    names: &[&str],
+) -> (usize, Vec<(uuid::Uuid, i64)>) {
+    let mut best = (0, Vec::new());
+    for (index, name) in names.iter().enumerate() {
+        let owned: Vec<(uuid::Uuid, i64)> = client
+            .query(
+                "SELECT tenant_id, epoch FROM tenant_owners AS owner WHERE instance_id = $1 \
+                 AND EXISTS (SELECT 1 FROM staged_chunks AS staged \
+                     WHERE staged.tenant_id = owner.tenant_id)",
+                &[name],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        if owned.len() > best.1.len() {
+            best = (index, owned);
+        }
+    }
+    best
+}
+
+/// Seconds from `since` to each tenant's first write under a later epoch than the one it had.
+async fn resumed_after(
+    client: &tokio_postgres::Client,
+    tenants: &[(uuid::Uuid, i64)],
+    since: chrono::DateTime<chrono::Utc>,
+) -> Vec<f64> {
+    let mut delays = Vec::new();
+    for (tenant, epoch) in tenants {
+        let first: chrono::DateTime<chrono::Utc> = client
+            .query_one(
+                "SELECT min(first_write_at) FROM ownership_writes WHERE tenant_id = $1 AND epoch > $2",
+                &[tenant, epoch],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        delays.push((first - since).num_milliseconds() as f64 / 1e3);
+    }
+    delays
+}
+
+async fn wait_for_all_scans(client: &tokio_postgres::Client, expected: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let completed: i64 = client
+            .query_one("SELECT count(*) FROM scans WHERE status = 'completed'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if completed == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{completed} of {expected} scans completed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// kill -9 of one of three instances during a 20-tenant ingestion: every acknowledged record is
+/// written exactly once, and each of its tenants writes again within 10 s of the kill (from the
+/// database's timestamps). SIGTERM of another during the next ingestion: its tenants write again
+/// within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_or_stopped_instances_tenants_resume_elsewhere() {
+    let names = ["instance-a", "instance-b", "instance-c"];
+    let database = crate::helpers::test_server().await.fresh_database().await;
+    let mut engines = tokio::task::block_in_place(|| start_three(&database, &[]));
+    let http = crate::helpers::http_client();
+    let client = database_client(&database).await;
+    let tenants: Vec<uuid::Uuid> = (0..20).map(|_| uuid::Uuid::new_v4()).collect();
+    for tenant in &tenants {
+        let response = call(
+            &http,
+            reqwest::Method::POST,
+            format!("{}/admin/tenants", engines[0].address),
+            Some(serde_json::json!({ "tenant_id": tenant, "name": "Công ty",
+                "records_per_second": 1_000, "burst": 1_000 })),
+        )
+        .await;
+        assert_eq!(response.status(), 201);
+    }
+    let submit_round = |addresses: Vec<String>| {
+        let http = http.clone();
+        let tenants = tenants.clone();
+        async move {
+            let submissions = tenants.iter().enumerate().map(|(index, tenant)| {
+                let url = format!("{}/data-scans", addresses[index % addresses.len()]);
+                let http = http.clone();
+                let tenant = *tenant;
+                async move {
+                    let response = call(
+                        &http,
+                        reqwest::Method::POST,
+                        url,
+                        Some(serde_json::json!({ "tenant_id": tenant,
+                            "activities": crate::helpers::activities(20_000) })),
+                    )
+                    .await;
+                    assert_eq!(response.status(), 202);
+                }
+            });
+            futures_util::future::join_all(submissions).await;
+        }
+    };
+    // Each tenant's 20,000 records take 20 s at its limit.
+    submit_round(
+        engines
+            .iter()
+            .map(|engine| engine.address.clone())
+            .collect(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (victim, victim_tenants) = busiest_owner(&client, &names).await;
+    assert!(!victim_tenants.is_empty());
+    let killed_at: chrono::DateTime<chrono::Utc> =
+        client.query_one("SELECT now()", &[]).await.unwrap().get(0);
+    engines[victim].signal(nix::sys::signal::Signal::SIGKILL);
+    tokio::task::block_in_place(|| engines[victim].wait(Duration::from_secs(30)));
+    wait_for_all_scans(&client, 20).await;
+    let delays = resumed_after(&client, &victim_tenants, killed_at).await;
+    eprintln!(
+        "kill -9 of {}: its {} tenants wrote again after {:?} s",
+        names[victim],
+        delays.len(),
+        delays
+    );
+    assert!(delays.iter().all(|delay| *delay <= 10.0), "{delays:?}");
+    for tenant in &tenants {
+        let written: i64 = client
+            .query_one(
+                "SELECT count(*) FROM processing_activities WHERE tenant_id = $1",
+                &[tenant],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(written, 20_000);
+    }
+
+    // SIGTERM of the busier survivor during the next round.
+    let survivors: Vec<usize> = (0..3).filter(|index| *index != victim).collect();
+    submit_round(
+        survivors
+            .iter()
+            .map(|index| engines[*index].address.clone())
+            .collect(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let survivor_names: Vec<&str> = survivors.iter().map(|index| names[*index]).collect();
+    let (position, stopped_tenants) = busiest_owner(&client, &survivor_names).await;
+    let stopped = survivors[position];
+    assert!(!stopped_tenants.is_empty());
+    let stopped_at: chrono::DateTime<chrono::Utc> =
+        client.query_one("SELECT now()", &[]).await.unwrap().get(0);
+    engines[stopped].signal(nix::sys::signal::Signal::SIGTERM);
+    let status = tokio::task::block_in_place(|| engines[stopped].wait(Duration::from_secs(60)));
+    assert!(status.success(), "{status:?}");
+    wait_for_all_scans(&client, 40).await;
+    let delays = resumed_after(&client, &stopped_tenants, stopped_at).await;
+    eprintln!(
+        "SIGTERM of {}: its {} tenants wrote again after {:?} s",
+        names[stopped],
+        delays.len(),
+        delays
+    );
+    assert!(delays.iter().all(|delay| *delay <= 1.0), "{delays:?}");
+    for tenant in &tenants {
+        let written: i64 = client
+            .query_one(
+                "SELECT count(*) FROM processing_activities WHERE tenant_id = $1",
+                &[tenant],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(written, 40_000);
+    }
+    let duplicates: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT scan_id, record_index FROM processing_activities \
+             GROUP BY 1, 2 HAVING count(*) > 1) AS duplicated",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(duplicates, 0);
+    assert_eq!(shared_epochs(&client).await, 0);
+}
