@@ -743,3 +743,29 @@ async fn a_killed_or_stopped_instances_tenants_resume_elsewhere() {
     assert_eq!(duplicates, 0);
     assert_eq!(shared_epochs(&client).await, 0);
 }
+
+/// `config/haproxy/haproxy.cfg` (three instances behind HAProxy, health-checked on
+/// `/health/database`) is a configuration HAProxy accepts.
+#[test]
+fn haproxy_accepts_the_three_instance_configuration() {
+    let haproxy = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+        .into_iter()
+        .find(|path| std::path::Path::new(path).exists())
+        .expect("haproxy is missing: install Debian's haproxy package, as .ci/run does");
+    let config = crate::helpers::repository_path("config/haproxy/haproxy.cfg");
+    let checked = std::process::Command::new(haproxy)
+        .arg("-c")
+        .arg("-f")
+        .arg(&config)
+        .output()
+        .expect("haproxy runs");
+    assert!(
+        checked.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert_eq!(text.matches("\n    server instance-").count(), 3);
+    assert!(text.contains("uri /health/database"));
+}

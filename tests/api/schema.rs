@@ -1,4 +1,4 @@
-//! The schema's shape that distribution by tenant relies on (SPEC section 8, docs/CITUS.md).
+//! The schema's shape that distribution by tenant relies on (SPEC section 8, docs/SCALE_OUT.md).
 
 use crate::helpers::spawn_app;
 
