@@ -769,3 +769,79 @@ fn haproxy_accepts_the_three_instance_configuration() {
     assert_eq!(text.matches("\n    server instance-").count(), 3);
     assert!(text.contains("uri /health/database"));
 }
+
+/// Pause and the backlog limit hold exactly for the cluster: concurrent scans of one paused
+/// tenant through three instances fill its backlog to the record and no further (429 for the
+/// rest), nothing is written while it is paused, and a resume through any instance writes it
+/// all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_the_backlog_limit_hold_across_instances() {
+    let named = |name: &'static str| {
+        move |settings: &mut ingest_engine::config::Settings| {
+            settings.cluster.instance_id = name.into();
+            settings.cluster.heartbeat_ms = 200;
+        }
+    };
+    let first = spawn_app_with(named("instance-a")).await;
+    let second = spawn_app_on(first.database.clone(), named("instance-b")).await;
+    let third = spawn_app_on(first.database.clone(), named("instance-c")).await;
+    let apps = [&first, &second, &third];
+    let tenant = uuid::Uuid::new_v4();
+    let created = first
+        .post_json(
+            "/admin/tenants",
+            &serde_json::json!({ "tenant_id": tenant, "name": "Tạm dừng",
+                "max_backlog_records": 5_000 }),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let paused = second
+        .request(
+            reqwest::Method::POST,
+            &format!("/admin/tenants/{tenant}/pause"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paused.status(), 200);
+    let submissions = (0..20).map(|index| {
+        let app = apps[index % 3];
+        async move {
+            app.post_scan(tenant, crate::helpers::activities(500))
+                .await
+                .status()
+                .as_u16()
+        }
+    });
+    let mut statuses = futures_util::future::join_all(submissions).await;
+    statuses.sort_unstable();
+    assert_eq!(statuses, [[202; 10], [429; 10]].concat(), "{statuses:?}");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        first.activities_of(tenant).await,
+        0,
+        "nothing written while paused"
+    );
+    let resumed = third
+        .request(
+            reqwest::Method::POST,
+            &format!("/admin/tenants/{tenant}/resume"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while first.activities_of(tenant).await < 5_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all written after resume"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(first.activities_of(tenant).await, 5_000);
+    third.stop().await;
+    second.stop().await;
+    first.stop().await;
+}
