@@ -30,6 +30,7 @@ use crate::store::audit_log;
 use crate::store::chunk_writes::ChunkSource;
 use crate::store::queries::{self, ScanRow};
 use crate::store::staging::{self, NewScan, StagedScan};
+use crate::store::StoreError;
 use crate::submission::{self, parse_tenant_id, PreparedScan};
 
 /// `POST /data-scans` body, as the submission parser (`submission/`) reads it.
@@ -681,6 +682,14 @@ fn batch_refusal(error: BatchChunkError) -> ApiError {
             "giới hạn tốc độ ghi của tổ chức sẽ giữ lô này quá lâu; chưa có dữ liệu nào được ghi, vui lòng thử lại sau",
         )
         .with_retry_after(retry_after_secs),
+        // Another live instance runs the tenant's actor: it alone may write the batch.
+        BatchChunkError::Database(StoreError::Fenced) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tenant_owned_elsewhere",
+            "another engine instance writes this tenant's records; nothing was written, send the batch again (through the load balancer)",
+            "một phiên bản máy chủ khác đang ghi dữ liệu của tổ chức này; chưa có dữ liệu nào được ghi, vui lòng gửi lại lô (qua bộ cân bằng tải)",
+        )
+        .with_retry_after(1),
         BatchChunkError::Database(error) => ApiError::from(error),
     }
 }

@@ -845,3 +845,56 @@ async fn pause_and_the_backlog_limit_hold_across_instances() {
     second.stop().await;
     first.stop().await;
 }
+
+/// A synchronous batch sent to an instance that does not own its tenant writes nothing there
+/// and is answered 503 `tenant_owned_elsewhere` with `Retry-After`; sent to the owner it is
+/// written and answered 201.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_for_a_tenant_owned_elsewhere_is_refused_to_be_sent_again() {
+    let named = |name: &'static str| {
+        move |settings: &mut ingest_engine::config::Settings| {
+            settings.cluster.instance_id = name.into();
+            settings.cluster.heartbeat_ms = 200;
+        }
+    };
+    let first = spawn_app_with(named("instance-a")).await;
+    let second = spawn_app_on(first.database.clone(), named("instance-b")).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let tenant = uuid::Uuid::new_v4();
+    crate::helpers::accepted_scan_id(
+        first
+            .post_scan(tenant, crate::helpers::activities(10))
+            .await,
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let owner = loop {
+        let shown: serde_json::Value = first
+            .get(&format!("/admin/tenants/{tenant}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if let Some(owner) = shown["owner"]["instance_id"].as_str() {
+            break owner.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no owner: {shown}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (owning, other) = if owner == "instance-a" {
+        (&first, &second)
+    } else {
+        (&second, &first)
+    };
+    let batch = serde_json::json!({ "activities": crate::helpers::activities(5) });
+    let path = format!("/batch/processing-activities?tenant_id={tenant}");
+    let refused = other.post_json(&path, &batch).await;
+    assert!(refused.headers().contains_key("retry-after"));
+    crate::helpers::assert_error(refused, 503, "tenant_owned_elsewhere").await;
+    assert_eq!(first.activities_of(tenant).await, 10);
+    let written = owning.post_json(&path, &batch).await;
+    assert_eq!(written.status(), 201);
+    assert_eq!(first.activities_of(tenant).await, 15);
+    second.stop().await;
+    first.stop().await;
+}
