@@ -54,6 +54,8 @@ pub struct ClusterSettings {
     pub instance_id: String,
     pub heartbeat_ms: u64,
     pub lease_ttl_ms: u64,
+    /// Where other instances reach this one's HTTP API (host:port); empty: the bound address.
+    pub advertised_http_address: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -241,6 +243,7 @@ impl Settings {
             .set_default("cluster.instance_id", "")?
             .set_default("cluster.heartbeat_ms", 1_000)?
             .set_default("cluster.lease_ttl_ms", 5_000)?
+            .set_default("cluster.advertised_http_address", "")?
             .set_default("webhooks.timeout_secs", 10)?
             .set_default("webhooks.retry_base_secs", 10)?
             .set_default("webhooks.retry_cap_secs", 21_600)?

@@ -28,6 +28,8 @@ pub struct Application {
     /// The background jobs' own connections (webhook delivery, the ownership pass), so their
     /// frequent small queries never queue requests behind them nor show in the request pool.
     background_pool: crate::store::Pool,
+    /// Where the other instances reach this one's HTTP API.
+    advertised_http_address: String,
     server: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
     stop_server: oneshot::Sender<()>,
 }
@@ -92,6 +94,14 @@ impl Application {
                 std::thread::available_parallelism().map_or(1, |cores| cores.get()),
             ),
             instance_id: instance_id.clone(),
+            forwarding: reqwest::Client::builder()
+                .timeout(Duration::from_secs(
+                    settings.ingest.batch_max_wait_secs + 60,
+                ))
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .build()
+                .context("building the HTTP client that forwards batches")?,
             bootstrap_token_hash_opt: Some(settings.auth.bootstrap_admin_token.trim())
                 .filter(|token| !token.is_empty())
                 .map(crate::domain::auth::hash_secret),
@@ -101,11 +111,15 @@ impl Application {
             .await
             .with_context(|| format!("binding {host}:{}", settings.http.port))?;
         let address = listener.local_addr()?;
+        let advertised_http_address = match settings.cluster.advertised_http_address.trim() {
+            "" => address.to_string(),
+            configured => configured.to_string(),
+        };
         // Alive among the instances before anything is served.
         crate::store::instances::heartbeat(
             &state.pool,
             &state.instance_id,
-            &address.to_string(),
+            &advertised_http_address,
             settings.cluster.lease_ttl_ms as i64,
         )
         .await
@@ -125,6 +139,7 @@ impl Application {
             state,
             view,
             background_pool,
+            advertised_http_address,
             server: Box::pin(server),
             stop_server,
         })
@@ -154,7 +169,7 @@ impl Application {
             crate::cluster::heartbeat::HeartbeatJob {
                 pool: self.state.pool.clone(),
                 instance_id: self.state.instance_id.clone(),
-                http_address: self.address.to_string(),
+                http_address: self.advertised_http_address.clone(),
                 interval: heartbeat_interval,
                 lease_ttl: Duration::from_millis(self.state.settings.cluster.lease_ttl_ms),
             },

@@ -75,7 +75,8 @@ pub struct TenantActor {
     known_chunks: HashSet<i64>,
     in_flight: usize,
     waiting_retry: usize,
-    pump_scheduled: bool,
+    /// When the earliest scheduled pump runs, if one is scheduled.
+    pump_due_opt: Option<Instant>,
     draining: bool,
     stop_when_empty: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
@@ -157,7 +158,7 @@ impl TenantActor {
             known_chunks: HashSet::new(),
             in_flight: 0,
             waiting_retry: 0,
-            pump_scheduled: false,
+            pump_due_opt: None,
             draining: false,
             stop_when_empty: false,
             drain_waiters: Vec::new(),
@@ -234,13 +235,20 @@ impl TenantActor {
         }
     }
 
+    /// Runs `pump` after `after`, unless one already runs sooner. A pump scheduled for later
+    /// is not enough: a raised limit makes the next chunk due sooner than the old pace said.
     fn schedule_pump(&mut self, context: &mut Context<Self>, after: Duration) {
-        if self.pump_scheduled {
+        let due = Instant::now() + after;
+        if self.pump_due_opt.is_some_and(|scheduled| scheduled <= due) {
             return;
         }
-        self.pump_scheduled = true;
-        context.run_later(after, |actor, context| {
-            actor.pump_scheduled = false;
+        self.pump_due_opt = Some(due);
+        context.run_later(after, move |actor, context| {
+            // Only the earliest scheduled pump clears the mark; an outdated later one just
+            // pumps, which is harmless.
+            if actor.pump_due_opt == Some(due) {
+                actor.pump_due_opt = None;
+            }
             actor.pump(context);
         });
     }

@@ -518,7 +518,10 @@ pub(super) fn parse_tenant_id_param(text: &str) -> Result<TenantId, ApiError> {
                    throttle: 429 if it would wait longer than the configured bound. — Trả về 201 \
                    khi các bản ghi hợp lệ đã được lưu. Tuân theo giới hạn tốc độ của tổ chức: 429 \
                    nếu phải chờ lâu hơn giới hạn cấu hình.",
-    params(("tenant_id" = Uuid, Query, description = "The tenant / Mã tổ chức")),
+    params(
+        ("tenant_id" = Uuid, Query, description = "The tenant / Mã tổ chức"),
+        ("x-ingest-forwarded-by" = Option<String>, Header, description = "Set by an engine instance that forwarded the batch to its tenant's owner; such a batch is not forwarded again. — Do phiên bản máy chủ đã chuyển lô tới phiên bản phụ trách tổ chức đặt; lô như vậy không được chuyển tiếp lần nữa."),
+    ),
     request_body = BatchSubmission,
     responses(
         (status = 201, description = "Committed / Đã lưu", body = BatchResult),
@@ -535,10 +538,12 @@ pub async fn submit_batch(
     state: Arc<AppState>,
     authorization: HeaderText,
     query: Query,
+    forwarded_by: HeaderText,
     body: PendingBody,
 ) -> Response {
     let mut waited = false;
-    let result = submit_batch_inner(state, authorization, query, body, &mut waited).await;
+    let result =
+        submit_batch_inner(state, authorization, query, forwarded_by, body, &mut waited).await;
     close_connection_if(waited, respond(count_rejection(result)))
 }
 
@@ -547,6 +552,7 @@ async fn submit_batch_inner(
     state: Arc<AppState>,
     authorization: HeaderText,
     query: Query,
+    forwarded_by: HeaderText,
     body: PendingBody,
     waited: &mut bool,
 ) -> Result<Response, ApiError> {
@@ -568,6 +574,18 @@ async fn submit_batch_inner(
     stages.lap("admission_wait");
     let body = body.read(limit).await?;
     stages.lap("body_read");
+    // The tenant's actor, which paces and writes it, runs on its owner: a batch that reached
+    // another instance goes there, once (a forwarded batch is handled where it arrives).
+    if forwarded_by.value_opt().is_none() {
+        if let Some((owner, owner_address, _)) =
+            crate::store::ownership::live_owner(&state.pool, tenant_id).await?
+        {
+            if owner != state.instance_id {
+                let token = authorization.value_opt().unwrap_or_default();
+                return forward_batch(&state, &owner_address, tenant_id, token, body).await;
+            }
+        }
+    }
     let (max_records, chunk_records) = (
         state.settings.ingest.max_batch_records,
         state.settings.ingest.chunk_records,
@@ -672,6 +690,60 @@ async fn submit_batch_inner(
     Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::CREATED).into_response())
 }
 
+/// The header a forwarded batch carries: the id of the instance that forwarded it.
+pub const FORWARDED_BY: &str = "x-ingest-forwarded-by";
+
+fn owned_elsewhere() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "tenant_owned_elsewhere",
+        "another engine instance writes this tenant's records and could not take the batch; nothing was written, send it again",
+        "một phiên bản máy chủ khác đang ghi dữ liệu của tổ chức này và chưa nhận được lô; chưa có dữ liệu nào được ghi, vui lòng gửi lại",
+    )
+    .with_retry_after(1)
+}
+
+/// Sends the batch to the instance that owns its tenant, with the caller's token, and answers
+/// with that instance's answer (201 only once it committed the batch).
+async fn forward_batch(
+    state: &AppState,
+    owner_address: &str,
+    tenant_id: TenantId,
+    authorization: &str,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
+    let url = format!("http://{owner_address}/batch/processing-activities?tenant_id={tenant_id}");
+    let answer = state
+        .forwarding
+        .post(url)
+        .header("authorization", authorization)
+        .header("content-type", "application/json")
+        .header(FORWARDED_BY, &state.instance_id)
+        .body(body)
+        .send()
+        .await
+        .map_err(|error| {
+            tracing::warn!(%tenant_id, owner = owner_address, %error, "forwarding a batch to its tenant's owner failed");
+            owned_elsewhere()
+        })?;
+    let status = answer.status();
+    let retry_after_opt = answer.headers().get("retry-after").cloned();
+    let body = answer.bytes().await.map_err(|_| owned_elsewhere())?;
+    let mut response = warp::http::Response::new(warp::hyper::Body::from(body));
+    *response.status_mut() =
+        StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    response.headers_mut().insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("application/json"),
+    );
+    if let Some(value) =
+        retry_after_opt.and_then(|value| warp::http::HeaderValue::from_bytes(value.as_bytes()).ok())
+    {
+        response.headers_mut().insert("retry-after", value);
+    }
+    Ok(response)
+}
+
 fn batch_refusal(error: BatchChunkError) -> ApiError {
     match error {
         BatchChunkError::ShuttingDown => ApiError::shutting_down(),
@@ -683,13 +755,7 @@ fn batch_refusal(error: BatchChunkError) -> ApiError {
         )
         .with_retry_after(retry_after_secs),
         // Another live instance runs the tenant's actor: it alone may write the batch.
-        BatchChunkError::Database(StoreError::Fenced) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "tenant_owned_elsewhere",
-            "another engine instance writes this tenant's records; nothing was written, send the batch again (through the load balancer)",
-            "một phiên bản máy chủ khác đang ghi dữ liệu của tổ chức này; chưa có dữ liệu nào được ghi, vui lòng gửi lại lô (qua bộ cân bằng tải)",
-        )
-        .with_retry_after(1),
+        BatchChunkError::Database(StoreError::Fenced) => owned_elsewhere(),
         BatchChunkError::Database(error) => ApiError::from(error),
     }
 }

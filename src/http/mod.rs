@@ -60,6 +60,8 @@ pub struct AppState {
     pub parsing: tokio::sync::Semaphore,
     /// This instance's id among the instances sharing the database.
     pub instance_id: String,
+    /// Forwards a synchronous batch to the instance that owns its tenant.
+    pub forwarding: reqwest::Client,
 }
 
 /// A submission's hold on the admission budget, released when dropped.
@@ -440,6 +442,7 @@ pub fn routes(
         .and(with_state.clone())
         .and(authorization)
         .and(query)
+        .and(header_text(ingest::FORWARDED_BY))
         .and(pending_body)
         .then(ingest::submit_batch)
         .boxed();

@@ -197,9 +197,14 @@ async fn register(app: &TestApp, tenant_id: Uuid, url: &str, events: &[&str]) ->
 }
 
 async fn deliveries(app: &TestApp, tenant_id: Uuid, status: &str) -> Vec<Value> {
+    let filter = if status.is_empty() {
+        String::new()
+    } else {
+        format!("?status={status}")
+    };
     let response = app
         .get(&format!(
-            "/admin/tenants/{tenant_id}/webhook-deliveries?status={status}"
+            "/admin/tenants/{tenant_id}/webhook-deliveries{filter}"
         ))
         .await;
     assert_eq!(response.status(), 200);
@@ -415,6 +420,14 @@ async fn a_delivery_failed_for_good_is_listed_and_redelivered_once() {
     let response = app
         .get(&format!(
             "/admin/tenants/{tenant_id}/webhook-deliveries?status=lost"
+        ))
+        .await;
+    assert_error(response, 400, "invalid_status").await;
+    // Found by schemathesis: an empty status was taken as no filter, which the document does
+    // not allow.
+    let response = app
+        .get(&format!(
+            "/admin/tenants/{tenant_id}/webhook-deliveries?status="
         ))
         .await;
     assert_error(response, 400, "invalid_status").await;
