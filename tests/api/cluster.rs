@@ -927,3 +927,118 @@ async fn a_batch_sent_to_another_instance_is_written_by_the_tenants_owner() {
     second.stop().await;
     first.stop().await;
 }
+
+/// A fourth instance started in the middle of a 20-tenant ingestion on three takes a share of
+/// the tenants (their next chunks are written by it, under new epochs), and every record is
+/// written exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_instance_started_mid_ingestion_takes_a_share() {
+    let database = crate::helpers::test_server().await.fresh_database().await;
+    let engines = tokio::task::block_in_place(|| start_three(&database, &[]));
+    let http = crate::helpers::http_client();
+    let client = database_client(&database).await;
+    // Tenants of which at least four prefer the fourth instance once it is live (the same
+    // rendezvous hashing the engine uses), so it has a share to take.
+    let four: Vec<String> = ["instance-a", "instance-b", "instance-c", "instance-d"]
+        .map(String::from)
+        .to_vec();
+    let tenants: Vec<uuid::Uuid> = loop {
+        let candidates: Vec<uuid::Uuid> = (0..20).map(|_| uuid::Uuid::new_v4()).collect();
+        let preferring_fourth = candidates
+            .iter()
+            .filter(|tenant| {
+                ingest_engine::cluster::view::preferred_among(
+                    ingest_engine::domain::TenantId(**tenant),
+                    &four,
+                )
+                .as_deref()
+                    == Some("instance-d")
+            })
+            .count();
+        if preferring_fourth >= 4 {
+            break candidates;
+        }
+    };
+    for tenant in &tenants {
+        let response = call(
+            &http,
+            reqwest::Method::POST,
+            format!("{}/admin/tenants", engines[0].address),
+            Some(serde_json::json!({ "tenant_id": tenant, "name": "Công ty",
+                "records_per_second": 1_000, "burst": 1_000 })),
+        )
+        .await;
+        assert_eq!(response.status(), 201);
+    }
+    // 10,000 records each: 10 s at each tenant's limit.
+    let submissions = tenants.iter().enumerate().map(|(index, tenant)| {
+        let url = format!("{}/data-scans", engines[index % 3].address);
+        let http = http.clone();
+        let tenant = *tenant;
+        async move {
+            let response = call(
+                &http,
+                reqwest::Method::POST,
+                url,
+                Some(serde_json::json!({ "tenant_id": tenant,
+                    "activities": crate::helpers::activities(10_000) })),
+            )
+            .await;
+            assert_eq!(response.status(), 202);
+        }
+    });
+    futures_util::future::join_all(submissions).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let staged: i64 = client
+        .query_one("SELECT count(DISTINCT tenant_id) FROM staged_chunks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(staged > 0, "the ingestion is under way");
+    let fourth = tokio::task::block_in_place(|| {
+        crate::process::EngineProcess::start(&[
+            ("DATABASE_URL", crate::helpers::url_of(&database)),
+            (
+                "INGEST__AUTH__BOOTSTRAP_ADMIN_TOKEN",
+                crate::helpers::BOOTSTRAP_ADMIN_TOKEN.to_string(),
+            ),
+            ("INGEST__CLUSTER__INSTANCE_ID", "instance-d".to_string()),
+            ("INGEST__INGEST__CHUNK_RECORDS", "100".to_string()),
+        ])
+    });
+    wait_for_all_scans(&client, 20).await;
+    let written_by_fourth: i64 = client
+        .query_one(
+            "SELECT count(*) FROM ownership_writes WHERE instance_id = 'instance-d'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    eprintln!("the fourth instance wrote for {written_by_fourth} of 20 tenants");
+    assert!(written_by_fourth > 0, "the fourth instance took no share");
+    for tenant in &tenants {
+        let written: i64 = client
+            .query_one(
+                "SELECT count(*) FROM processing_activities WHERE tenant_id = $1",
+                &[tenant],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(written, 10_000);
+    }
+    let duplicates: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT scan_id, record_index FROM processing_activities \
+             GROUP BY 1, 2 HAVING count(*) > 1) AS duplicated",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(duplicates, 0);
+    assert_eq!(shared_epochs(&client).await, 0);
+    drop(fourth);
+    drop(engines);
+}
