@@ -544,6 +544,40 @@ async fn three_processes_hold_one_tenant_limit_and_apply_a_change_within_a_secon
     drop(engines);
 }
 
+/// Each of `tenants` has exactly `expected` activities.
+async fn assert_each_tenant_has(
+    client: &tokio_postgres::Client,
+    tenants: &[uuid::Uuid],
+    expected: i64,
+) {
+    for tenant in tenants {
+        let written: i64 = client
+            .query_one(
+                "SELECT count(*) FROM processing_activities WHERE tenant_id = $1",
+                &[tenant],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(written, expected, "tenant {tenant}");
+    }
+}
+
+/// No record of any scan written twice, and no two instances wrote under one epoch.
+async fn assert_no_record_twice_and_one_writer_per_epoch(client: &tokio_postgres::Client) {
+    let duplicates: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT scan_id, record_index FROM processing_activities \
+             GROUP BY 1, 2 HAVING count(*) > 1) AS duplicated",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(duplicates, 0);
+    assert_eq!(shared_epochs(client).await, 0);
+}
+
 /// The instance among `engines` (by name) that owns the most tenants with staged work, with
 /// those tenants and their epochs.
 async fn busiest_owner(
@@ -681,17 +715,7 @@ async fn a_killed_or_stopped_instances_tenants_resume_elsewhere() {
         delays
     );
     assert!(delays.iter().all(|delay| *delay <= 10.0), "{delays:?}");
-    for tenant in &tenants {
-        let written: i64 = client
-            .query_one(
-                "SELECT count(*) FROM processing_activities WHERE tenant_id = $1",
-                &[tenant],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(written, 20_000);
-    }
+    assert_each_tenant_has(&client, &tenants, 20_000).await;
 
     // SIGTERM of the busier survivor during the next round.
     let survivors: Vec<usize> = (0..3).filter(|index| *index != victim).collect();
@@ -721,28 +745,8 @@ async fn a_killed_or_stopped_instances_tenants_resume_elsewhere() {
         delays
     );
     assert!(delays.iter().all(|delay| *delay <= 1.0), "{delays:?}");
-    for tenant in &tenants {
-        let written: i64 = client
-            .query_one(
-                "SELECT count(*) FROM processing_activities WHERE tenant_id = $1",
-                &[tenant],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(written, 40_000);
-    }
-    let duplicates: i64 = client
-        .query_one(
-            "SELECT count(*) FROM (SELECT scan_id, record_index FROM processing_activities \
-             GROUP BY 1, 2 HAVING count(*) > 1) AS duplicated",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(duplicates, 0);
-    assert_eq!(shared_epochs(&client).await, 0);
+    assert_each_tenant_has(&client, &tenants, 40_000).await;
+    assert_no_record_twice_and_one_writer_per_epoch(&client).await;
 }
 
 /// `config/haproxy/haproxy.cfg` (three instances behind HAProxy, health-checked on
@@ -1017,28 +1021,8 @@ async fn a_fourth_instance_started_mid_ingestion_takes_a_share() {
         .get(0);
     eprintln!("the fourth instance wrote for {written_by_fourth} of 20 tenants");
     assert!(written_by_fourth > 0, "the fourth instance took no share");
-    for tenant in &tenants {
-        let written: i64 = client
-            .query_one(
-                "SELECT count(*) FROM processing_activities WHERE tenant_id = $1",
-                &[tenant],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(written, 10_000);
-    }
-    let duplicates: i64 = client
-        .query_one(
-            "SELECT count(*) FROM (SELECT scan_id, record_index FROM processing_activities \
-             GROUP BY 1, 2 HAVING count(*) > 1) AS duplicated",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(duplicates, 0);
-    assert_eq!(shared_epochs(&client).await, 0);
+    assert_each_tenant_has(&client, &tenants, 10_000).await;
+    assert_no_record_twice_and_one_writer_per_epoch(&client).await;
     drop(fourth);
     drop(engines);
 }
