@@ -100,6 +100,11 @@ pub enum Scenario {
     /// ingestion. Run the engine with INGEST__WEBHOOKS__ALLOW_PRIVATE_TARGETS=true (the
     /// receiver listens on loopback).
     Webhooks(WebhooksOptions),
+    /// Several instances on one database: the scans burst on the running engine alone, then
+    /// through HAProxy to it and two more instances started here, then again with one of those
+    /// killed mid-run; then the same rows by plain COPY. Needs --token (the instances started
+    /// here take it as their bootstrap admin token) and HAProxy.
+    Cluster(ClusterOptions),
     /// scans, batch, mixed, fairness and baseline in sequence, each with its defaults.
     All,
 }
@@ -287,6 +292,41 @@ pub struct WebhooksOptions {
     /// Milliseconds the receiver takes to answer each delivery.
     #[arg(long, default_value_t = 0)]
     pub receiver_delay_ms: u64,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct ClusterOptions {
+    /// Tenants per phase, each submitting one scan at the same moment.
+    #[arg(long, default_value_t = DEFAULT_SCAN_TENANTS)]
+    pub tenants: usize,
+    /// Records in each scan.
+    #[arg(long, default_value_t = DEFAULT_SCAN_RECORDS)]
+    pub records: usize,
+    /// Interval between two status reads of one scan.
+    #[arg(long, default_value_t = DEFAULT_POLL_INTERVAL_MS)]
+    pub poll_interval_ms: u64,
+    /// The engine binary of the two instances started beside the running one.
+    #[arg(long, default_value = "target/release/ingest-engine")]
+    pub engine_binary: std::path::PathBuf,
+    /// The HAProxy binary.
+    #[arg(long, default_value = "haproxy")]
+    pub haproxy: std::path::PathBuf,
+    /// The configuration HAProxy runs with, its ports rewritten to this run's instances.
+    #[arg(long, default_value = "config/haproxy/haproxy.cfg")]
+    pub haproxy_config: std::path::PathBuf,
+    /// Where the started instances and HAProxy keep their logs.
+    #[arg(long, default_value = "/var/tmp/loadtest-cluster")]
+    pub work_dir: std::path::PathBuf,
+    /// Seconds after the kill phase's first submission at which one started instance is
+    /// killed with SIGKILL.
+    #[arg(long, default_value_t = 3.0)]
+    pub kill_after_secs: f64,
+    /// Do not run the phase with a killed instance.
+    #[arg(long)]
+    pub skip_kill: bool,
+    /// Do not run the plain-COPY baseline after the engine phases.
+    #[arg(long)]
+    pub skip_baseline: bool,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]

@@ -39,6 +39,8 @@ pub struct ProcessingActivity {
 struct ScanRequest<'a> {
     tenant_id: Uuid,
     activities: &'a [ProcessingActivity],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<&'a str>,
 }
 
 /// The body of `POST /batch/processing-activities` (the tenant travels in the query string).
@@ -59,6 +61,22 @@ pub fn scan_body(tenant_id: Uuid, records: &[ProcessingActivity]) -> Bytes {
     let request = ScanRequest {
         tenant_id,
         activities: records,
+        idempotency_key: None,
+    };
+    Bytes::from(serde_json::to_vec(&request).expect("plain structs of strings always serialise"))
+}
+
+/// The serialised body of a scan that carries `idempotency_key`: sent again after a lost
+/// answer, it returns the first scan instead of making a second one (SPEC section 3).
+pub fn keyed_scan_body(
+    tenant_id: Uuid,
+    records: &[ProcessingActivity],
+    idempotency_key: &str,
+) -> Bytes {
+    let request = ScanRequest {
+        tenant_id,
+        activities: records,
+        idempotency_key: Some(idempotency_key),
     };
     Bytes::from(serde_json::to_vec(&request).expect("plain structs of strings always serialise"))
 }

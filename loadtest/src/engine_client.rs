@@ -37,6 +37,7 @@ pub struct EngineClient {
 }
 
 /// A response that arrived (its latency is in the recorder).
+#[derive(Debug)]
 pub struct Exchange {
     pub status: u16,
     pub body: Bytes,
@@ -56,6 +57,30 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// no answer at all, is returned at once. Returns the last outcome and the attempts made.
 pub async fn with_retries<Send, Attempt>(
     max_attempts: u32,
+    send: Send,
+) -> (Result<Exchange, String>, u32)
+where
+    Send: FnMut() -> Attempt,
+    Attempt: std::future::Future<Output = Result<Exchange, String>>,
+{
+    with_retries_when(max_attempts, Unanswered::Return, send).await
+}
+
+/// What [`with_retries_when`] does when a request got no answer from the engine: no response
+/// at all, or a load balancer's 502 or 504 (the instance it chose died or stalled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unanswered {
+    /// Return it: the request may have been applied, and sending it again could apply it twice.
+    Return,
+    /// Send it again after a second: only for requests that are safe to repeat (a scan with an
+    /// idempotency key returns the first scan when it was applied).
+    Retry,
+}
+
+/// [`with_retries`], and with [`Unanswered::Retry`] also retries requests that got no answer.
+pub async fn with_retries_when<Send, Attempt>(
+    max_attempts: u32,
+    unanswered: Unanswered,
     mut send: Send,
 ) -> (Result<Exchange, String>, u32)
 where
@@ -72,6 +97,13 @@ where
                     .unwrap_or(DEFAULT_RETRY_AFTER)
                     .min(LONGEST_RETRY_AFTER),
             ),
+            Ok(exchange)
+                if unanswered == Unanswered::Retry
+                    && (exchange.status == 502 || exchange.status == 504) =>
+            {
+                Some(DEFAULT_RETRY_AFTER)
+            }
+            Err(_) if unanswered == Unanswered::Retry => Some(DEFAULT_RETRY_AFTER),
             _ => None,
         };
         match wait_opt {
@@ -328,6 +360,29 @@ mod tests {
 
         let (outcome, attempts) = with_retries(5, || async { answer(404) }).await;
         assert_eq!((outcome.unwrap().status, attempts), (404, 1));
+
+        let (outcome, attempts) = with_retries(5, || async { answer(502) }).await;
+        assert_eq!((outcome.unwrap().status, attempts), (502, 1));
+        let (outcome, attempts) = with_retries(5, || async { Err("reset".to_string()) }).await;
+        assert_eq!((outcome.unwrap_err(), attempts), ("reset".to_string(), 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unanswered_requests_are_retried_only_when_asked() {
+        let outcomes = std::sync::Mutex::new(vec![answer(202), answer(504), answer(502)]);
+        let (outcome, attempts) = with_retries_when(5, Unanswered::Retry, || async {
+            outcomes
+                .lock()
+                .unwrap()
+                .pop()
+                .unwrap_or_else(|| Err("no answer".to_string()))
+        })
+        .await;
+        assert_eq!((outcome.unwrap().status, attempts), (202, 3));
+
+        let (outcome, attempts) =
+            with_retries_when(3, Unanswered::Retry, || async { Err("reset".to_string()) }).await;
+        assert_eq!((outcome.unwrap_err(), attempts), ("reset".to_string(), 3));
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod data;
 mod database;
 mod engine_client;
 mod memory;
+mod process_cpu;
 mod psql_copy;
 mod report;
 mod scenarios;
@@ -121,6 +122,7 @@ async fn run_scenario(context: &Context, scenario: &Scenario) -> ScenarioReport 
         Scenario::Baseline(options) => scenarios::baseline::run(context, options).await,
         Scenario::Audit(options) => scenarios::audit::run(context, options).await,
         Scenario::Webhooks(options) => scenarios::webhooks::run(context, options).await,
+        Scenario::Cluster(options) => scenarios::cluster::run(context, options).await,
         Scenario::Rls(options) => scenarios::rls::run(context, options).await,
         Scenario::Soak(options) => scenarios::soak::run(context, options).await,
         Scenario::All => unreachable!("`all` is expanded into its scenarios before running"),

@@ -121,6 +121,7 @@ pub async fn run(context: &Context, options: &FairnessOptions) -> ScenarioReport
         progress: progress.clone(),
         records_done: backlog_done.clone(),
         max_attempts: context.global.max_attempts,
+        unanswered: crate::engine_client::Unanswered::Return,
     };
     let small_watch = ScanWatch {
         client: context.client.clone(),
@@ -129,6 +130,7 @@ pub async fn run(context: &Context, options: &FairnessOptions) -> ScenarioReport
         progress: progress.clone(),
         records_done: Arc::new(AtomicI64::new(0)),
         max_attempts: context.global.max_attempts,
+        unanswered: crate::engine_client::Unanswered::Return,
     };
 
     // The whole backlog is submitted at once, as a scanner flushing its queue would, and

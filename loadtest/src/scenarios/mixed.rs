@@ -524,6 +524,7 @@ async fn warm_up(
         progress: progress.clone(),
         records_done: Arc::new(AtomicI64::new(0)),
         max_attempts: context.global.max_attempts,
+        unanswered: crate::engine_client::Unanswered::Return,
     };
     let tasks: Vec<_> = tenant_ids
         .iter()
@@ -563,6 +564,7 @@ async fn drain(context: &Context, accepted_scans: Vec<FollowedScan>) -> Vec<Foll
         progress: progress.clone(),
         records_done: Arc::new(AtomicI64::new(0)),
         max_attempts: context.global.max_attempts,
+        unanswered: crate::engine_client::Unanswered::Return,
     };
     let tasks: Vec<_> = accepted_scans
         .into_iter()

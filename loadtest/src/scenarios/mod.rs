@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod baseline;
 pub mod batch;
+pub mod cluster;
 pub mod fairness;
 pub mod mixed;
 pub mod rls;
@@ -25,7 +26,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use uuid::Uuid;
 
 use crate::cli::GlobalOptions;
-use crate::engine_client::{with_retries, EngineClient, ScanAccepted, ScanState};
+use crate::engine_client::{with_retries_when, EngineClient, ScanAccepted, ScanState, Unanswered};
 use crate::memory::{MemoryReport, MemorySampler};
 use crate::statistics::{round_to_thousandths, TimelinePoint};
 use crate::written_records::WrittenRecordsSampler;
@@ -139,6 +140,9 @@ pub struct ScanWatch {
     pub records_done: Arc<AtomicI64>,
     /// See `--max-attempts`.
     pub max_attempts: u32,
+    /// Whether a submission that got no answer is sent again (only bodies with an idempotency
+    /// key are safe to send again).
+    pub unanswered: Unanswered,
 }
 
 impl ScanWatch {
@@ -155,8 +159,9 @@ impl ScanWatch {
         }
     }
 
-    /// Submits one scan (retrying 429 and 503, see [`with_retries`]); a refused one comes
-    /// back with no scan id and its reason.
+    /// Submits one scan (retrying 429 and 503, see
+    /// [`with_retries`](crate::engine_client::with_retries), and requests that got no answer
+    /// when the watch says so); a refused one comes back with no scan id and its reason.
     pub async fn submit(&self, tenant_id: Uuid, body: Bytes, records_sent: usize) -> FollowedScan {
         let mut followed = FollowedScan {
             tenant_id,
@@ -171,8 +176,10 @@ impl ScanWatch {
             finished_at_opt: None,
         };
         let submit_started = Instant::now();
-        let (outcome, attempts) =
-            with_retries(self.max_attempts, || self.client.submit_scan(body.clone())).await;
+        let (outcome, attempts) = with_retries_when(self.max_attempts, self.unanswered, || {
+            self.client.submit_scan(body.clone())
+        })
+        .await;
         followed.submit_attempts = attempts;
         followed.submit_seconds = round_to_thousandths(submit_started.elapsed().as_secs_f64());
         match outcome {
@@ -256,15 +263,39 @@ pub async fn submit_all_and_follow(
     poll_interval: Duration,
     label: &str,
 ) -> (DateTime<Utc>, Vec<FollowedScan>) {
+    submit_all_and_follow_through(
+        context,
+        &context.client,
+        Unanswered::Return,
+        bodies,
+        records_per_scan,
+        poll_interval,
+        label,
+    )
+    .await
+}
+
+/// [`submit_all_and_follow`] through `client` (another engine, or a load balancer), sending a
+/// submission again after no answer when `unanswered` says so.
+pub async fn submit_all_and_follow_through(
+    context: &Context,
+    client: &EngineClient,
+    unanswered: Unanswered,
+    bodies: Vec<(Uuid, Bytes)>,
+    records_per_scan: usize,
+    poll_interval: Duration,
+    label: &str,
+) -> (DateTime<Utc>, Vec<FollowedScan>) {
     let progress = progress_bar((bodies.len() * records_per_scan) as u64, label);
     let started_at = Utc::now();
     let watch = ScanWatch {
-        client: context.client.clone(),
+        client: client.clone(),
         poll_interval,
         deadline: Instant::now() + context.timeout(),
         progress: progress.clone(),
         records_done: Arc::new(AtomicI64::new(0)),
         max_attempts: context.global.max_attempts,
+        unanswered,
     };
     let tasks: Vec<_> = bodies
         .into_iter()
