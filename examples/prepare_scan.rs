@@ -6,8 +6,13 @@
 //! ```
 //!
 //! Prints the body size, each round's time and rate (MB/s, records/s), then the fastest and the
-//! median round; run it under `perf record` to see where the time goes.
+//! median round; run it under `perf record` to see where the time goes. Then the memory of one
+//! submission, counted by a global allocator that tracks the bytes in use: the peak while it
+//! is parsed beyond the body itself, and what it holds after (the encoded, compressed chunks
+//! that staging sends), each as a multiple of the body, which is what admission charges from.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use ingest_engine::submission;
@@ -17,6 +22,46 @@ use uuid::Uuid;
 #[allow(dead_code)] // the batch helpers are not used here
 #[path = "../loadtest/src/data.rs"]
 mod data;
+
+/// The system allocator, counting the bytes in use and their peak.
+struct Counting;
+
+static IN_USE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed to the system allocator unchanged; only counters are added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let pointer = unsafe { System.alloc(layout) };
+        if !pointer.is_null() {
+            let now = IN_USE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        pointer
+    }
+
+    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(pointer, layout) };
+        IN_USE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let moved = unsafe { System.realloc(pointer, layout, new_size) };
+        if !moved.is_null() {
+            if new_size >= layout.size() {
+                let grown = new_size - layout.size();
+                let now = IN_USE.fetch_add(grown, Ordering::Relaxed) + grown;
+                PEAK.fetch_max(now, Ordering::Relaxed);
+            } else {
+                IN_USE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+            }
+        }
+        moved
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 fn main() {
     let mut arguments = std::env::args().skip(1);
@@ -55,4 +100,29 @@ fn main() {
             records as f64 / elapsed
         );
     }
+
+    // Memory of one submission, with nothing else alive but the body.
+    let before = IN_USE.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
+    let scan = submission::prepare_scan(&body, 100_000, 1_000).expect("the body is valid");
+    let peak_beyond_body = PEAK.load(Ordering::Relaxed) - before;
+    let held_after = IN_USE.load(Ordering::Relaxed) - before;
+    let payload_bytes: usize = scan
+        .records
+        .chunks
+        .iter()
+        .map(|chunk| chunk.payload.len())
+        .sum();
+    let megabytes = |bytes: usize| bytes as f64 / 1e6;
+    let of_body = |bytes: usize| bytes as f64 / body.len() as f64;
+    println!(
+        "memory: body {:.1} MB; peak while parsing beyond the body {:.1} MB ({:.2} x body); held after parsing {:.1} MB ({:.2} x body), of which chunk payloads {:.1} MB ({:.2} x body)",
+        megabytes(body.len()),
+        megabytes(peak_beyond_body),
+        of_body(peak_beyond_body),
+        megabytes(held_after),
+        of_body(held_after),
+        megabytes(payload_bytes),
+        of_body(payload_bytes),
+    );
 }

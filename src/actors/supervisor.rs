@@ -127,6 +127,7 @@ impl Supervisor {
             Fence {
                 instance_id: self.instance_id.clone(),
                 epoch,
+                trace: true,
             },
             TenantActorShared {
                 defaults: self.tenant_defaults,

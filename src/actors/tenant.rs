@@ -264,9 +264,14 @@ impl TenantActor {
             fence: self.fence.clone(),
         };
         let priority = work.priority();
+        let traced = message.fence.trace;
         let write = async move { writers.write(message, priority).await };
         context.spawn(write.into_actor(self).map(move |result, actor, context| {
             actor.in_flight -= 1;
+            if traced && result.is_ok() {
+                // The trace of this epoch is committed: later chunks need not write it.
+                actor.fence.trace = false;
+            }
             actor.finish(work, result, context);
             actor.pump(context);
             actor.after_progress(context);

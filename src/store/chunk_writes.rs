@@ -57,6 +57,9 @@ pub struct ChunkOutcome {
 pub struct Fence {
     pub instance_id: std::sync::Arc<str>,
     pub epoch: i64,
+    /// Leave the (tenant, epoch, instance) trace in `ownership_writes` too (see
+    /// [`ownership::FENCE_AND_TRACE`](super::ownership::FENCE_AND_TRACE)).
+    pub trace: bool,
 }
 
 /// Where a chunk's tuples come from.
@@ -77,6 +80,7 @@ pub struct WriteConnection {
     advance_scan: Statement,
     count_activities: Statement,
     fence: Statement,
+    fence_and_trace: Statement,
     /// Where staged chunks are decompressed, kept from chunk to chunk: a fresh buffer per
     /// chunk would be mapped and faulted in page by page each time (see
     /// [`EncodedChunk::staged`](super::staging::EncodedChunk::staged)). Dropped after a chunk
@@ -165,16 +169,17 @@ fn copy_statement() -> String {
 }
 
 impl WriteConnection {
-    /// Connects and prepares the five statements, in one pipelined round trip.
+    /// Connects and prepares the six statements, in one pipelined round trip.
     pub async fn open(database: &Config) -> Result<WriteConnection, StoreError> {
         let client = connect(database).await?;
         let copy = copy_statement();
-        let (take_staged, copy, advance_scan, count_activities, fence) = tokio::try_join!(
+        let (take_staged, copy, advance_scan, count_activities, fence, fence_and_trace) = tokio::try_join!(
             client.prepare(TAKE_STAGED),
             client.prepare(&copy),
             client.prepare(ADVANCE_SCAN),
             client.prepare(COUNT_ACTIVITIES),
             client.prepare(super::ownership::FENCE),
+            client.prepare(super::ownership::FENCE_AND_TRACE),
         )?;
         Ok(WriteConnection {
             client,
@@ -183,6 +188,7 @@ impl WriteConnection {
             advance_scan,
             count_activities,
             fence,
+            fence_and_trace,
             tuples_scratch: Vec::new(),
         })
     }
@@ -246,10 +252,15 @@ impl WriteConnection {
         let client = &self.client;
         let mut stages = crate::metrics::StageTimer::chunk();
         // The fence travels with BEGIN (and the take): no extra round trip.
-        let fence_statement = &self.fence;
+        let (fence_statement, fence_and_trace) = (&self.fence, &self.fence_and_trace);
         let fenced = async {
             let Some(fence) = fence_opt else {
                 return Ok(false);
+            };
+            let fence_statement = if fence.trace {
+                fence_and_trace
+            } else {
+                fence_statement
             };
             let instance_id: &str = &fence.instance_id;
             let parameters: [&(dyn ToSql + Sync); 3] = [&tenant_id.0, &instance_id, &fence.epoch];

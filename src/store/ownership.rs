@@ -13,9 +13,18 @@ use crate::domain::TenantId;
 /// The fence of a chunk transaction: `$1` tenant, `$2` this instance, `$3` the epoch its actor
 /// was given. One row (`owned` true) when this instance still owns the tenant under that epoch
 /// and its own lease is live; the owner row is then locked `FOR SHARE` until the chunk commits,
-/// so a change of owner waits for it, and the first chunk of an (epoch, instance) leaves its
-/// trace in `ownership_writes`. No row: fenced, write nothing.
-pub const FENCE: &str = "WITH fence AS (SELECT owner.epoch FROM tenant_owners AS owner \
+/// so a change of owner waits for it. No row: fenced, write nothing.
+pub const FENCE: &str = "SELECT true AS owned FROM tenant_owners AS owner \
+     JOIN engine_instances AS instance ON instance.instance_id = owner.instance_id \
+     WHERE owner.tenant_id = $1 AND owner.instance_id = $2 AND owner.epoch = $3 \
+         AND instance.lease_expires_at > now() \
+     FOR SHARE OF owner";
+
+/// [`FENCE`], and the (tenant, epoch, instance) trace in `ownership_writes` when it passes.
+/// A tenant's actor sends its chunks with this one until one of them has committed under its
+/// epoch: a trace per epoch is all that is needed, and a conflicting insert on every chunk
+/// would cost each of them an index probe for nothing.
+pub const FENCE_AND_TRACE: &str = "WITH fence AS (SELECT owner.epoch FROM tenant_owners AS owner \
          JOIN engine_instances AS instance ON instance.instance_id = owner.instance_id \
          WHERE owner.tenant_id = $1 AND owner.instance_id = $2 AND owner.epoch = $3 \
              AND instance.lease_expires_at > now() \

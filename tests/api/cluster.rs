@@ -116,14 +116,24 @@ async fn a_chunk_of_an_instance_that_lost_its_tenant_writes_nothing() {
         app.post_scan(tenant, crate::helpers::activities(10)).await,
     )
     .await;
-    let chunk_id: i64 = client
-        .query_one(
-            "SELECT chunk_id FROM staged_chunks WHERE tenant_id = $1",
+    // A second scan of the paused tenant: a second staged chunk.
+    let second_scan_id = crate::helpers::accepted_scan_id(
+        app.post_scan(tenant, crate::helpers::activities(10)).await,
+    )
+    .await;
+    let chunk_ids: Vec<i64> = client
+        .query(
+            "SELECT chunk_id FROM staged_chunks WHERE tenant_id = $1 ORDER BY chunk_id",
             &[&tenant],
         )
         .await
         .unwrap()
-        .get(0);
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let [chunk_id, second_chunk_id] = chunk_ids[..] else {
+        panic!("two staged chunks expected: {chunk_ids:?}");
+    };
     // instance-a owned the tenant under epoch 1; instance-b (alive) took it: epoch 2.
     client
         .execute(
@@ -146,6 +156,7 @@ async fn a_chunk_of_an_instance_that_lost_its_tenant_writes_nothing() {
     let stale = Fence {
         instance_id: "instance-a".into(),
         epoch: 1,
+        trace: true,
     };
     let refused = connection
         .apply_chunk(TenantId(tenant), &source, Some(&stale))
@@ -168,6 +179,7 @@ async fn a_chunk_of_an_instance_that_lost_its_tenant_writes_nothing() {
     let old_epoch = Fence {
         instance_id: "instance-b".into(),
         epoch: 1,
+        trace: true,
     };
     assert!(matches!(
         connection
@@ -175,35 +187,70 @@ async fn a_chunk_of_an_instance_that_lost_its_tenant_writes_nothing() {
             .await,
         Err(ingest_engine::store::StoreError::Fenced)
     ));
+    let traces = || async {
+        client
+            .query(
+                "SELECT instance_id, epoch FROM ownership_writes WHERE tenant_id = $1",
+                &[&tenant],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect::<Vec<(String, i64)>>()
+    };
+    // The owner: its first chunk under the epoch leaves the trace, a later one does not
+    // need to.
     let owner = Fence {
         instance_id: "instance-b".into(),
         epoch: 2,
+        trace: true,
     };
     let outcome = connection
         .apply_chunk(TenantId(tenant), &source, Some(&owner))
         .await
         .unwrap();
     assert_eq!(outcome.written, 10);
-    let traces: Vec<(String, i64)> = client
-        .query(
-            "SELECT instance_id, epoch FROM ownership_writes WHERE tenant_id = $1",
+    assert_eq!(traces().await, [("instance-b".to_string(), 2)]);
+    client
+        .execute(
+            "DELETE FROM ownership_writes WHERE tenant_id = $1",
             &[&tenant],
         )
         .await
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
-    assert_eq!(traces, [("instance-b".to_string(), 2)]);
-    let status: String = client
-        .query_one(
-            "SELECT status FROM scans WHERE scan_id = $1::text::uuid",
-            &[&scan_id],
+        .unwrap();
+    let untraced = Fence {
+        trace: false,
+        ..owner
+    };
+    let outcome = connection
+        .apply_chunk(
+            TenantId(tenant),
+            &ChunkSource::Staged {
+                chunk_id: second_chunk_id,
+            },
+            Some(&untraced),
         )
         .await
-        .unwrap()
-        .get(0);
-    assert_eq!(status, "completed");
+        .unwrap();
+    assert_eq!(outcome.written, 10);
+    assert_eq!(
+        traces().await,
+        [],
+        "a chunk without the trace flag leaves none"
+    );
+    assert_eq!(app.activities_of(tenant).await, 20);
+    for scan_id in [&scan_id, &second_scan_id] {
+        let status: String = client
+            .query_one(
+                "SELECT status FROM scans WHERE scan_id = $1::text::uuid",
+                &[scan_id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(status, "completed", "scan {scan_id}");
+    }
     app.stop().await;
 }
 
