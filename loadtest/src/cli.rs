@@ -105,6 +105,9 @@ pub enum Scenario {
     /// killed mid-run; then the same rows by plain COPY. Needs --token (the instances started
     /// here take it as their bootstrap admin token) and HAProxy.
     Cluster(ClusterOptions),
+    /// The largest scans at once: every tenant submits one scan of 100,000 records at the same
+    /// moment, retrying 503 and 429 after their Retry-After; then the same rows by plain COPY.
+    Burst(BurstOptions),
     /// scans, batch, mixed, fairness and baseline in sequence, each with its defaults.
     All,
 }
@@ -292,6 +295,25 @@ pub struct WebhooksOptions {
     /// Milliseconds the receiver takes to answer each delivery.
     #[arg(long, default_value_t = 0)]
     pub receiver_delay_ms: u64,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct BurstOptions {
+    /// Tenants, each submitting one scan at the same moment.
+    #[arg(long, default_value_t = DEFAULT_SCAN_TENANTS)]
+    pub tenants: usize,
+    /// Records in each scan (the engine's largest by default).
+    #[arg(long, default_value_t = 100_000)]
+    pub records: usize,
+    /// Submissions of one scan at most: the first, then retries after 503 or 429.
+    #[arg(long, default_value_t = 20)]
+    pub max_attempts: u32,
+    /// Interval between two status reads of one scan.
+    #[arg(long, default_value_t = 1_000)]
+    pub poll_interval_ms: u64,
+    /// Do not run the plain-COPY baseline after the engine part.
+    #[arg(long)]
+    pub skip_baseline: bool,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]

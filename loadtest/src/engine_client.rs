@@ -45,8 +45,9 @@ pub struct Exchange {
     pub retry_after_opt: Option<Duration>,
 }
 
-/// Longest wait honoured from a `Retry-After`, so a wrong header cannot stall a run.
-const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// Longest wait honoured from a `Retry-After`, so a wrong header cannot stall a run (long enough
+/// for the engine's estimate of a burst's queue, see the `burst` scenario).
+const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(120);
 
 /// Wait before retrying a 429 or 503 that names no `Retry-After`.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -63,7 +64,8 @@ where
     Send: FnMut() -> Attempt,
     Attempt: std::future::Future<Output = Result<Exchange, String>>,
 {
-    with_retries_when(max_attempts, Unanswered::Return, send).await
+    let (outcome, attempts, _) = with_retries_when(max_attempts, Unanswered::Return, send).await;
+    (outcome, attempts)
 }
 
 /// What [`with_retries_when`] does when a request got no answer from the engine: no response
@@ -78,16 +80,18 @@ pub enum Unanswered {
 }
 
 /// [`with_retries`], and with [`Unanswered::Retry`] also retries requests that got no answer.
+/// Also returns each wait made before a retry.
 pub async fn with_retries_when<Send, Attempt>(
     max_attempts: u32,
     unanswered: Unanswered,
     mut send: Send,
-) -> (Result<Exchange, String>, u32)
+) -> (Result<Exchange, String>, u32, Vec<Duration>)
 where
     Send: FnMut() -> Attempt,
     Attempt: std::future::Future<Output = Result<Exchange, String>>,
 {
     let mut attempts = 1;
+    let mut waits = Vec::new();
     loop {
         let outcome = send().await;
         let wait_opt = match &outcome {
@@ -109,9 +113,10 @@ where
         match wait_opt {
             Some(wait) if attempts < max_attempts => {
                 tokio::time::sleep(wait).await;
+                waits.push(wait);
                 attempts += 1;
             }
-            _ => return (outcome, attempts),
+            _ => return (outcome, attempts, waits),
         }
     }
 }
@@ -370,7 +375,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn unanswered_requests_are_retried_only_when_asked() {
         let outcomes = std::sync::Mutex::new(vec![answer(202), answer(504), answer(502)]);
-        let (outcome, attempts) = with_retries_when(5, Unanswered::Retry, || async {
+        let (outcome, attempts, waits) = with_retries_when(5, Unanswered::Retry, || async {
             outcomes
                 .lock()
                 .unwrap()
@@ -379,8 +384,9 @@ mod tests {
         })
         .await;
         assert_eq!((outcome.unwrap().status, attempts), (202, 3));
+        assert_eq!(waits, [Duration::from_secs(1); 2]);
 
-        let (outcome, attempts) =
+        let (outcome, attempts, _) =
             with_retries_when(3, Unanswered::Retry, || async { Err("reset".to_string()) }).await;
         assert_eq!((outcome.unwrap_err(), attempts), ("reset".to_string(), 3));
     }

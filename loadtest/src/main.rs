@@ -123,6 +123,7 @@ async fn run_scenario(context: &Context, scenario: &Scenario) -> ScenarioReport 
         Scenario::Audit(options) => scenarios::audit::run(context, options).await,
         Scenario::Webhooks(options) => scenarios::webhooks::run(context, options).await,
         Scenario::Cluster(options) => scenarios::cluster::run(context, options).await,
+        Scenario::Burst(options) => scenarios::burst::run(context, options).await,
         Scenario::Rls(options) => scenarios::rls::run(context, options).await,
         Scenario::Soak(options) => scenarios::soak::run(context, options).await,
         Scenario::All => unreachable!("`all` is expanded into its scenarios before running"),

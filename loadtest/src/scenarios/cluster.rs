@@ -529,6 +529,7 @@ async fn run_phase(
     let burst = submit_all_and_follow_through(
         context,
         client,
+        context.global.max_attempts,
         Unanswered::Retry,
         bodies,
         records_per_scan,

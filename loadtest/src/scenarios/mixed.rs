@@ -498,6 +498,7 @@ impl Traffic<'_> {
                 records_sent: self.scan_records,
                 submitted_at,
                 submit_attempts: 1,
+                retry_waits_seconds: Vec::new(),
                 submit_seconds: 0.0,
                 final_status: "pending".to_string(),
                 records_processed: 0,

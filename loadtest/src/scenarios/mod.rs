@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod baseline;
 pub mod batch;
+pub mod burst;
 pub mod cluster;
 pub mod fairness;
 pub mod mixed;
@@ -96,6 +97,8 @@ pub struct FollowedScan {
     pub submitted_at: DateTime<Utc>,
     /// Submissions made: more than 1 when the engine answered 429 or 503 first.
     pub submit_attempts: u32,
+    /// The wait before each retry, in seconds: the answer's `Retry-After`, or 1 s.
+    pub retry_waits_seconds: Vec<f64>,
     /// From sending the first attempt to the last answer (or giving up).
     pub submit_seconds: f64,
     /// `completed`, `completed_with_errors`, `failed`, or what kept the load test from knowing:
@@ -169,6 +172,7 @@ impl ScanWatch {
             records_sent,
             submitted_at: Utc::now(),
             submit_attempts: 0,
+            retry_waits_seconds: Vec::new(),
             submit_seconds: 0.0,
             final_status: String::new(),
             records_processed: 0,
@@ -176,11 +180,13 @@ impl ScanWatch {
             finished_at_opt: None,
         };
         let submit_started = Instant::now();
-        let (outcome, attempts) = with_retries_when(self.max_attempts, self.unanswered, || {
-            self.client.submit_scan(body.clone())
-        })
-        .await;
+        let (outcome, attempts, waits) =
+            with_retries_when(self.max_attempts, self.unanswered, || {
+                self.client.submit_scan(body.clone())
+            })
+            .await;
         followed.submit_attempts = attempts;
+        followed.retry_waits_seconds = waits.iter().map(Duration::as_secs_f64).collect();
         followed.submit_seconds = round_to_thousandths(submit_started.elapsed().as_secs_f64());
         match outcome {
             Err(_) => followed.final_status = "no response".to_string(),
@@ -266,6 +272,7 @@ pub async fn submit_all_and_follow(
     submit_all_and_follow_through(
         context,
         &context.client,
+        context.global.max_attempts,
         Unanswered::Return,
         bodies,
         records_per_scan,
@@ -275,11 +282,13 @@ pub async fn submit_all_and_follow(
     .await
 }
 
-/// [`submit_all_and_follow`] through `client` (another engine, or a load balancer), sending a
-/// submission again after no answer when `unanswered` says so.
+/// [`submit_all_and_follow`] through `client` (another engine, or a load balancer), with up to
+/// `max_attempts` per submission, sending one again after no answer when `unanswered` says so.
+#[allow(clippy::too_many_arguments)]
 pub async fn submit_all_and_follow_through(
     context: &Context,
     client: &EngineClient,
+    max_attempts: u32,
     unanswered: Unanswered,
     bodies: Vec<(Uuid, Bytes)>,
     records_per_scan: usize,
@@ -294,7 +303,7 @@ pub async fn submit_all_and_follow_through(
         deadline: Instant::now() + context.timeout(),
         progress: progress.clone(),
         records_done: Arc::new(AtomicI64::new(0)),
-        max_attempts: context.global.max_attempts,
+        max_attempts,
         unanswered,
     };
     let tasks: Vec<_> = bodies
