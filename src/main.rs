@@ -102,6 +102,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
+    // A server handles SIGTERM and SIGINT from now on, so one that arrives while it starts
+    // stops it cleanly once it is up (see `termination_signal`).
+    let termination_opt = matches!(command, Command::Serve).then(termination_signal);
     // With no database URL the engine runs its own cluster, stopped when `cluster_opt` drops.
     let mut cluster_opt = None;
     let database_url = match settings.database_url_opt() {
@@ -142,7 +145,8 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
         }
         Command::Serve => {
             let application = Application::build(settings, &database_url).await?;
-            application.run_until(termination_signal()).await
+            let termination = termination_opt.expect("installed for Serve above");
+            application.run_until(termination).await
         }
         Command::Audit {
             command: AuditCommand::Maintain,

@@ -74,7 +74,8 @@ impl Application {
         .await;
         let instance_id = crate::cluster::heartbeat::instance_id(&settings.cluster.instance_id);
         let view = Arc::new(crate::cluster::view::ClusterView::new(instance_id.clone()));
-        let engine = Engine::start(&settings, &database, view.clone())?;
+        let parsing = crate::submission::ParsingSlots::per_core();
+        let engine = Engine::start(&settings, &database, view.clone(), parsing.clone())?;
         let host: IpAddr =
             settings.http.host.parse().with_context(|| {
                 format!("http.host {:?} is not an IP address", settings.http.host)
@@ -86,13 +87,10 @@ impl Application {
             engine,
             accepting: AtomicBool::new(true),
             metrics: crate::metrics::install(),
-            admission: Arc::new(tokio::sync::Semaphore::new(
-                (settings.ingest.admission_budget_bytes / 1024).clamp(1, u32::MAX as u64) as usize,
-            )),
-            large_admission: Arc::new(tokio::sync::Semaphore::new(1)),
-            parsing: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+            admission: crate::http::admission::AdmissionControl::new(
+                settings.ingest.admission_budget_bytes,
             ),
+            parsing,
             instance_id: instance_id.clone(),
             forwarding: reqwest::Client::builder()
                 .timeout(Duration::from_secs(
@@ -256,14 +254,20 @@ impl Application {
 }
 
 /// Completes on SIGTERM or SIGINT.
-pub async fn termination_signal() {
+/// The handlers are installed when this is called, not when the future is first polled: a
+/// signal that arrives while the engine is still starting (its HTTP server may already answer)
+/// then waits for the future instead of killing the process with its default action, which
+/// would skip the hand-over and leave the embedded PostgreSQL running.
+pub fn termination_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate =
         signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail on Unix");
     let mut interrupt =
         signal(SignalKind::interrupt()).expect("installing a SIGINT handler cannot fail on Unix");
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("sigterm received"),
-        _ = interrupt.recv() => tracing::info!("sigint received"),
+    async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("sigterm received"),
+            _ = interrupt.recv() => tracing::info!("sigint received"),
+        }
     }
 }

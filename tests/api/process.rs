@@ -94,6 +94,16 @@ impl EngineProcess {
         }
     }
 
+    /// Waits for the engine to exit and fails, showing its log, unless it exited with 0.
+    pub fn assert_stops_cleanly(&mut self, timeout: Duration) {
+        let status = self.wait(timeout);
+        assert!(
+            status.success(),
+            "the engine exited with {status:?}: {:?}",
+            self.log.lock().unwrap()
+        );
+    }
+
     fn logged(&self, message: &str) -> bool {
         self.log
             .lock()
@@ -159,7 +169,7 @@ async fn as_root_from_a_private_directory_the_engine_starts_and_reuses_its_clust
         checkout.join(".data/postgres").display().to_string()
     );
     engine.signal(Signal::SIGTERM);
-    assert!(engine.wait(Duration::from_secs(60)).success());
+    engine.assert_stops_cleanly(Duration::from_secs(60));
 
     // The next start reuses the same cluster.
     let mut engine = EngineProcess::start_in(&checkout, &environment);
@@ -172,7 +182,7 @@ async fn as_root_from_a_private_directory_the_engine_starts_and_reuses_its_clust
     assert_eq!(std::fs::read_dir(&relocation_root).unwrap().count(), 1);
     assert!(!engine.logged("initialising embedded postgresql"));
     engine.signal(Signal::SIGTERM);
-    assert!(engine.wait(Duration::from_secs(60)).success());
+    engine.assert_stops_cleanly(Duration::from_secs(60));
     let _ = std::fs::remove_dir_all(&checkout);
 }
 
