@@ -218,7 +218,7 @@ impl Settings {
             .set_default("ingest.max_batch_records", 10_000)?
             .set_default("ingest.batch_max_wait_secs", 30)?
             .set_default("ingest.max_total_backlog_records", 50_000_000)?
-            .set_default("ingest.admission_budget_bytes", 96 * 1024 * 1024)?
+            .set_default("ingest.admission_budget_bytes", 160 * 1024 * 1024)?
             .set_default("ingest.admission_wait_secs", 30)?
             .set_default("writers.count", 4)?
             .set_default("writers.retry_base_ms", 100)?

@@ -40,6 +40,9 @@ pub const CLUSTER_HEARTBEAT_FAILURES: &str = "ingest_cluster_heartbeat_failures_
 pub const CLUSTER_TENANTS_OWNED: &str = "ingest_cluster_tenants_owned";
 pub const CLUSTER_OWNERSHIP_CHANGES: &str = "ingest_cluster_ownership_changes_total";
 pub const CLUSTER_FENCED_WRITES: &str = "ingest_cluster_fenced_writes_total";
+pub const ADMISSION_REFUSALS: &str = "ingest_admission_refusals_total";
+pub const ADMISSION_IN_USE_BYTES: &str = "ingest_admission_in_use_bytes";
+pub const ADMISSION_WAITING: &str = "ingest_admission_waiting";
 pub const WEBHOOK_DELIVERIES: &str = "ingest_webhook_deliveries_total";
 pub const WEBHOOK_ATTEMPT_DURATION: &str = "ingest_webhook_attempt_duration_seconds";
 pub const WEBHOOK_DUE_DELIVERIES: &str = "ingest_webhook_due_deliveries";
@@ -298,6 +301,24 @@ fn describe() {
          a lost instance; handed_over: given to the instance it prefers; released: handed back \
          at shutdown)."
     );
+    describe_gauge!(
+        ADMISSION_IN_USE_BYTES,
+        Unit::Bytes,
+        "Admission budget held by submissions being read, parsed and staged, by lane (small; \
+         large: charged more than a quarter of ingest.admission_budget_bytes)."
+    );
+    describe_gauge!(
+        ADMISSION_WAITING,
+        Unit::Count,
+        "Submissions waiting for their turn in the admission budget, by lane."
+    );
+    describe_counter!(
+        ADMISSION_REFUSALS,
+        Unit::Count,
+        "Submissions answered 503 engine_saturated by admission, by reason (estimated: refused \
+         at once, their turn estimated beyond ingest.admission_wait_secs; waited: refused after \
+         waiting that long)."
+    );
     describe_counter!(
         CLUSTER_FENCED_WRITES,
         Unit::Count,
@@ -385,6 +406,13 @@ fn register_zeroes() {
     metrics::counter!(AUDIT_ARCHIVED_ROWS).increment(0);
     metrics::counter!(CLUSTER_HEARTBEAT_FAILURES).increment(0);
     metrics::counter!(CLUSTER_FENCED_WRITES).increment(0);
+    for reason in ["estimated", "waited"] {
+        metrics::counter!(ADMISSION_REFUSALS, "reason" => reason).increment(0);
+    }
+    for lane in ["small", "large"] {
+        metrics::gauge!(ADMISSION_IN_USE_BYTES, "lane" => lane).set(0.0);
+        metrics::gauge!(ADMISSION_WAITING, "lane" => lane).set(0.0);
+    }
     for kind in ["claimed", "handed_over", "released"] {
         metrics::counter!(CLUSTER_OWNERSHIP_CHANGES, "kind" => kind).increment(0);
     }

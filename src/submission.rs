@@ -75,6 +75,16 @@ pub struct EncodedRecords {
     pub chunks: Vec<EncodedChunk>,
 }
 
+impl EncodedRecords {
+    /// Bytes of the chunks' payloads (what staging sends, or a batch holds until written).
+    pub fn payload_bytes(&self) -> u64 {
+        self.chunks
+            .iter()
+            .map(|chunk| chunk.payload.len() as u64)
+            .sum()
+    }
+}
+
 /// A scan ready to be staged.
 #[derive(Debug)]
 pub struct PreparedScan {
@@ -89,6 +99,54 @@ pub struct PreparedScan {
 const IDEMPOTENCY_KEY_MAX_BYTES: usize = 255;
 
 /// How many records a submission may hold, and how many go in a chunk.
+/// The parsing slots of submissions (one per core: parsing is CPU work), and how many
+/// submissions wait for one. While any waits, the writers hold back staged chunks for a moment
+/// (see [`WriterPool::write`](crate::actors::writer::WriterPool::write)): a staged chunk's
+/// records are already durable, and the cores go first to acknowledging submissions.
+pub struct ParsingSlots {
+    slots: tokio::sync::Semaphore,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl ParsingSlots {
+    pub fn new(slots: usize) -> std::sync::Arc<ParsingSlots> {
+        std::sync::Arc::new(ParsingSlots {
+            slots: tokio::sync::Semaphore::new(slots.max(1)),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// One slot per core of this machine.
+    pub fn per_core() -> std::sync::Arc<ParsingSlots> {
+        ParsingSlots::new(std::thread::available_parallelism().map_or(1, |cores| cores.get()))
+    }
+
+    /// Waits for a slot, counted among the waiting submissions meanwhile (also if the wait is
+    /// abandoned). Fails only once the slots are closed.
+    pub async fn acquire(
+        &self,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, tokio::sync::AcquireError> {
+        if let Ok(permit) = self.slots.try_acquire() {
+            return Ok(permit);
+        }
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiting);
+        self.slots.acquire().await
+    }
+
+    /// Submissions waiting for a slot now.
+    pub fn submissions_waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     max_records: usize,

@@ -47,6 +47,7 @@ impl Engine {
         settings: &Settings,
         database: &tokio_postgres::Config,
         view: Arc<crate::cluster::view::ClusterView>,
+        parsing: Arc<crate::submission::ParsingSlots>,
     ) -> anyhow::Result<Engine> {
         let (ready_sender, ready_receiver) = std::sync::mpsc::channel();
         let settings = settings.clone();
@@ -77,6 +78,7 @@ impl Engine {
                             cap: Duration::from_millis(settings.writers.retry_cap_ms),
                         },
                         writers_scan_finished,
+                        parsing,
                     );
                     let supervisor = Supervisor::new(
                         control_pool,

@@ -31,7 +31,7 @@ use tokio_postgres::Config;
 use super::backoff::backoff;
 use super::messages::WriteChunk;
 use crate::domain::{Priority, Region};
-use crate::store::chunk_writes::{ChunkOutcome, WriteConnection};
+use crate::store::chunk_writes::{ChunkOutcome, ChunkSource, WriteConnection};
 use crate::store::StoreError;
 
 /// A writer's mailbox holds at most one chunk: chunks wait at the pool's gate, which hands a
@@ -292,7 +292,16 @@ pub struct WriterPool {
     writers: Arc<Vec<(Addr<Writer>, Arc<WriterCounters>)>>,
     gate: Arc<Mutex<Gate>>,
     aging_step: Duration,
+    /// Submissions waiting to be parsed: staged chunks yield to them.
+    parsing: Arc<crate::submission::ParsingSlots>,
 }
+
+/// Longest a staged chunk waits for submissions to be parsed before it is written anyway (so
+/// a stream of submissions slows the writers without stopping them).
+const YIELD_TO_SUBMISSIONS_MAX: Duration = Duration::from_millis(200);
+
+/// How often a yielding chunk looks again.
+const YIELD_TO_SUBMISSIONS_STEP: Duration = Duration::from_millis(10);
 
 /// Guarded by a std mutex held only for a few instructions, never across an await.
 struct Gate {
@@ -365,6 +374,7 @@ impl WriterPool {
         aging_step: Duration,
         reconnect: ReconnectPolicy,
         scan_finished: Arc<tokio::sync::Notify>,
+        parsing: Arc<crate::submission::ParsingSlots>,
     ) -> WriterPool {
         let writers: Vec<_> = (0..count.max(1))
             .map(|index| {
@@ -393,16 +403,28 @@ impl WriterPool {
             writers: Arc::new(writers),
             gate: Arc::new(Mutex::new(gate)),
             aging_step,
+            parsing,
         }
     }
 
     /// Waits for a writer (in priority order), has it write the chunk, and resolves with the
-    /// outcome once the chunk's transaction ended.
+    /// outcome once the chunk's transaction ended. A staged chunk first waits, up to
+    /// [`YIELD_TO_SUBMISSIONS_MAX`], while submissions wait to be parsed: its records are
+    /// durable already, theirs are not acknowledged yet. (A batch's chunk does not: its
+    /// client is waiting for it.)
     pub async fn write(
         &self,
         message: WriteChunk,
         priority: Priority,
     ) -> Result<ChunkOutcome, StoreError> {
+        if matches!(message.source, ChunkSource::Staged { .. }) {
+            let started = Instant::now();
+            while self.parsing.submissions_waiting() > 0
+                && started.elapsed() < YIELD_TO_SUBMISSIONS_MAX
+            {
+                tokio::time::sleep(YIELD_TO_SUBMISSIONS_STEP).await;
+            }
+        }
         let reservation = self.reserve(priority).await;
         let (address, counters) = &self.writers[reservation.index];
         counters.queued.fetch_add(1, Ordering::Relaxed);

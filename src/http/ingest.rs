@@ -14,6 +14,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
+use super::admission::staging_charge_kib;
 use super::auth::{authenticate, authorized_tenant};
 use super::error::ErrorBody;
 use super::headers::HeaderText;
@@ -236,7 +237,7 @@ async fn submit_scan_inner(
     // Held until the scan is staged: bounds the memory of scans in progress.
     // A refusal after the whole admission wait counts as waited.
     *waited = true;
-    let admitted = admit(&state, body.declared_length_opt(), limit).await?;
+    let mut admitted = admit(&state, body.declared_length_opt(), limit).await?;
     *waited = admitted.waited;
     stages.lap("admission_wait");
     let body = body.read(limit).await?;
@@ -250,6 +251,8 @@ async fn submit_scan_inner(
             submission::prepare_scan(&body, max_records, chunk_records)
         })
         .await??;
+    // The body is gone: the scan now holds its chunks, and staging a copy of them.
+    admitted.shrink_to(staging_charge_kib(prepared.records.payload_bytes()));
     stages.lap("parse_encode");
     principal.require_tenant(prepared.tenant_id)?;
     let valid_records: i64 = prepared
@@ -569,7 +572,7 @@ async fn submit_batch_inner(
     // Held until the batch is committed: bounds the memory of batches in progress.
     // A refusal after the whole admission wait counts as waited.
     *waited = true;
-    let admitted = admit(&state, body.declared_length_opt(), limit).await?;
+    let mut admitted = admit(&state, body.declared_length_opt(), limit).await?;
     *waited = admitted.waited;
     stages.lap("admission_wait");
     let body = body.read(limit).await?;
@@ -596,6 +599,8 @@ async fn submit_batch_inner(
         move || submission::prepare_batch(&body, tenant_id, max_records, chunk_records),
     )
     .await??;
+    // The body is gone: the batch now holds its chunks until they are written.
+    admitted.shrink_to(staging_charge_kib(encoded.payload_bytes()));
     stages.lap("parse_encode");
 
     // The tenant is registered (with default limits) before its actor reads them.

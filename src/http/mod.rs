@@ -7,6 +7,7 @@
 //! error body, so no request ever gets a bare 500.
 
 mod admin;
+pub mod admission;
 mod analytics;
 mod audit;
 mod auth;
@@ -52,30 +53,14 @@ pub struct AppState {
     /// Renders `GET /metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Bounds the memory of submissions being read, parsed and staged (see [`admit`]).
-    pub admission: Arc<tokio::sync::Semaphore>,
-    /// One permit: the turn of the one large submission that may wait for, or hold, the
-    /// admission budget at a time (see [`admit`]).
-    pub large_admission: Arc<tokio::sync::Semaphore>,
+    pub admission: Arc<admission::AdmissionControl>,
     /// One permit per core: submissions parsed at once.
-    pub parsing: tokio::sync::Semaphore,
+    pub parsing: Arc<crate::submission::ParsingSlots>,
     /// This instance's id among the instances sharing the database.
     pub instance_id: String,
     /// Forwards a synchronous batch to the instance that owns its tenant.
     pub forwarding: reqwest::Client,
 }
-
-/// A submission's hold on the admission budget, released when dropped.
-pub struct Admission {
-    _budget: tokio::sync::OwnedSemaphorePermit,
-    _large_turn_opt: Option<tokio::sync::OwnedSemaphorePermit>,
-    /// The submission waited long enough for its body to stall the client's connection.
-    pub waited: bool,
-}
-
-/// A submission that waited this long for admission left its body unread long enough for the
-/// client's kernel to probe a zero window (the first probe follows one retransmission time-out,
-/// at least 200 ms); see [`close_connection_if`].
-const ADMISSION_WAIT_THAT_STALLS: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Asks the client to close the connection after this response when the request's body sat
 /// unread while it waited for admission. Linux can keep the time of the first zero-window probe
@@ -92,69 +77,30 @@ pub fn close_connection_if(waited: bool, mut response: Response) -> Response {
     response
 }
 
-/// A submission charged more than this fraction of the budget is *large*: large submissions
-/// are admitted one at a time, in their own queue.
-const LARGE_SUBMISSION_BUDGET_DIVISOR: u32 = 4;
-
-/// Kibibytes a body of `bytes` is charged: the body, its encoded chunks and the staging
-/// statement's copy of them are alive at once.
-fn admission_charge_kib(bytes: u64, budget_kib: u32) -> u32 {
-    (bytes.saturating_mul(3) / 1024).clamp(1, budget_kib as u64) as u32
-}
-
-/// Waits until the submission's share of `ingest.admission_budget_bytes` is free, at most
-/// `ingest.admission_wait_secs`; then 503 `engine_saturated`. A body without a declared length
-/// is charged as if it were as large as the route allows.
-///
-/// The budget's queue is first come, first served, so a large submission waiting for most of
-/// the budget would hold every small one behind it. Large submissions (more than a quarter of
-/// the budget) therefore first wait for their turn in a queue of their own: at most one of
-/// them waits for, or holds, the budget, and it is charged at most three quarters of it, so
-/// small submissions always have the last quarter. A 1,000-record scan is then never queued
-/// behind a tenant's ten 100,000-record uploads. (What a large submission really holds can
-/// exceed its charge; with one at a time the excess is bounded by the route's body limit.)
+/// Admits a submission to the admission budget (see [`admission`]), waiting at most
+/// `ingest.admission_wait_secs`; refused, it gets 503 `engine_saturated` with the `Retry-After`
+/// the queue suggests. A body without a declared length is charged as if it were as large as
+/// the route allows.
 pub async fn admit(
     state: &AppState,
     declared_length_opt: Option<u64>,
     body_limit: u64,
-) -> Result<Admission, ApiError> {
-    let budget_kib =
-        (state.settings.ingest.admission_budget_bytes / 1024).clamp(1, u32::MAX as u64) as u32;
+) -> Result<admission::Admission, ApiError> {
     let declared = declared_length_opt.unwrap_or(body_limit).min(body_limit);
-    let charge = admission_charge_kib(declared, budget_kib);
     let wait = std::time::Duration::from_secs(state.settings.ingest.admission_wait_secs);
-    let small_share_kib = budget_kib / LARGE_SUBMISSION_BUDGET_DIVISOR;
-    let is_large = charge > small_share_kib;
-    // A large submission never takes the last quarter: that share stays for small ones.
-    let charge = if is_large {
-        charge.min(budget_kib - small_share_kib)
-    } else {
-        charge
-    };
-    let asked = std::time::Instant::now();
-    let admitted = tokio::time::timeout(wait, async {
-        let large_turn_opt = if is_large {
-            Some(state.large_admission.clone().acquire_owned().await.ok()?)
-        } else {
-            None
-        };
-        let budget = state
-            .admission
-            .clone()
-            .acquire_many_owned(charge)
-            .await
-            .ok()?;
-        Some(Admission {
-            _budget: budget,
-            _large_turn_opt: large_turn_opt,
-            waited: asked.elapsed() >= ADMISSION_WAIT_THAT_STALLS,
+    state
+        .admission
+        .admit(declared, wait)
+        .await
+        .map_err(|refusal| {
+            let reason = if refusal.after_waiting {
+                "waited"
+            } else {
+                "estimated"
+            };
+            metrics::counter!(crate::metrics::ADMISSION_REFUSALS, "reason" => reason).increment(1);
+            ApiError::engine_saturated().with_retry_after(refusal.retry_after_secs)
         })
-    })
-    .await;
-    match admitted {
-        Ok(Some(admission)) => Ok(admission),
-        _ => Err(ApiError::engine_saturated()),
-    }
 }
 
 impl AppState {
@@ -1040,17 +986,5 @@ mod tests {
             parse_query("x=%4"),
             HashMap::from([("x".to_string(), "%4".to_string())])
         );
-    }
-}
-
-#[cfg(test)]
-mod admission_tests {
-    use super::admission_charge_kib;
-
-    #[test]
-    fn a_submission_is_charged_three_times_its_body_within_the_budget() {
-        assert_eq!(admission_charge_kib(3 * 1024 * 1024, 98_304), 9 * 1024);
-        assert_eq!(admission_charge_kib(10, 98_304), 1);
-        assert_eq!(admission_charge_kib(64 * 1024 * 1024, 98_304), 98_304);
     }
 }
