@@ -24,7 +24,7 @@ const POSTMASTER_PORT_LINE: usize = 4;
 const EMBEDDED_USER_AND_DATABASE: &str = "ingest@127.0.0.1";
 
 /// What verification found in `processing_activities`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Verification {
     pub passed: bool,
     pub tenants_checked: usize,

@@ -87,12 +87,24 @@ pub fn load_average() -> String {
 }
 
 /// The generated data, made before any timing.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct DataReport {
     pub records: u64,
     pub request_bodies: u64,
     pub body_bytes: u64,
     pub generation_seconds: f64,
+}
+
+impl DataReport {
+    /// Counts the data of another phase of the same scenario too.
+    pub fn add(&mut self, other: &DataReport) {
+        self.records += other.records;
+        self.request_bodies += other.request_bodies;
+        self.body_bytes += other.body_bytes;
+        self.generation_seconds = crate::statistics::round_to_thousandths(
+            self.generation_seconds + other.generation_seconds,
+        );
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -91,6 +91,12 @@ pub async fn run(context: &Context, options: &BaselineOptions) -> ScenarioReport
     }
 }
 
+/// The engine's records/s as a fraction of the baseline's, when there is a baseline.
+pub fn ratio(engine_records_per_second: f64, baseline_opt: Option<&BaselineReport>) -> Option<f64> {
+    let baseline = baseline_opt?.throughput.records_per_second;
+    (baseline > 0.0).then(|| round_to_thousandths(engine_records_per_second / baseline))
+}
+
 /// Loads `tenants` × `records` rows (the streams `0..tenants` of the run's seed, under fresh
 /// tenant ids) and reports the rate and the verification of those tenants.
 pub async fn measure(context: &Context, tenants: usize, records: usize) -> BaselineReport {

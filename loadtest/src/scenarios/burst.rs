@@ -7,24 +7,20 @@
 //! of the same rows in the same run, and the engine's peak memory; then every row is verified.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use chrono::Utc;
 use serde::Serialize;
-use uuid::Uuid;
 
 use super::baseline::{self, measure, push_baseline_summary};
 use super::{
-    finish_memory, generate_in_parallel, submit_all_and_follow_through, Context, FollowedScan,
+    expect_rows, finish_memory, finished_records_and_seconds, generate_scan_bodies,
+    submit_all_and_follow_through, Context, FollowedScan,
 };
 use crate::cli::BurstOptions;
-use crate::data::{generate_records, keyed_scan_body};
 use crate::database;
 use crate::engine_client::{Unanswered, SUBMIT_SCAN};
-use crate::report::{
-    common_summary_lines, number_en, number_vi, DataReport, ScenarioReport, Throughput,
-};
+use crate::report::{common_summary_lines, number_en, number_vi, ScenarioReport, Throughput};
 use crate::statistics::{round_to_thousandths, summarize_seconds, SecondsSummary};
 
 /// Goal of the end-to-end rate against plain COPY (issue 20).
@@ -55,28 +51,15 @@ struct BurstDetails {
 }
 
 pub async fn run(context: &Context, options: &BurstOptions) -> ScenarioReport {
-    let seed = context.global.seed;
     let records_per_scan = options.records;
-    let generation_started = Instant::now();
-    let bodies: Vec<(Uuid, Bytes)> = tokio::task::spawn_blocking({
-        let tenants = options.tenants;
-        move || {
-            generate_in_parallel(tenants, |tenant_index| {
-                let tenant_id = Uuid::new_v4();
-                let records = generate_records(seed, tenant_index as u64, records_per_scan);
-                let key = format!("loadtest-burst-{tenant_id}");
-                (tenant_id, keyed_scan_body(tenant_id, &records, &key))
-            })
-        }
-    })
-    .await
-    .expect("generation does not panic");
-    let data = DataReport {
-        records: (options.tenants * records_per_scan) as u64,
-        request_bodies: bodies.len() as u64,
-        body_bytes: bodies.iter().map(|(_, body)| body.len() as u64).sum(),
-        generation_seconds: round_to_thousandths(generation_started.elapsed().as_secs_f64()),
-    };
+    let (bodies, data) = generate_scan_bodies(
+        context,
+        options.tenants,
+        records_per_scan,
+        0,
+        Some("loadtest-burst"),
+    )
+    .await;
 
     let memory_sampler_opt = context.start_memory_sampler();
     let (started_at, followed) = submit_all_and_follow_through(
@@ -102,17 +85,7 @@ pub async fn run(context: &Context, options: &BurstOptions) -> ScenarioReport {
         .filter(|scan| scan.was_accepted())
         .map(accepted_after(started_at))
         .collect();
-    let completion_seconds: Vec<f64> = followed
-        .iter()
-        .filter(|scan| scan.is_finished())
-        .filter_map(|scan| scan.seconds_since(started_at))
-        .collect();
-    let end_to_end_seconds = completion_seconds.iter().copied().fold(0.0, f64::max);
-    let records_written: i64 = followed
-        .iter()
-        .filter(|scan| scan.is_finished())
-        .map(|scan| scan.records_processed)
-        .sum();
+    let (records_written, end_to_end_seconds) = finished_records_and_seconds(&followed, started_at);
     let engine_throughput = Throughput {
         records: records_written as u64,
         seconds: round_to_thousandths(end_to_end_seconds),
@@ -121,17 +94,8 @@ pub async fn run(context: &Context, options: &BurstOptions) -> ScenarioReport {
         ),
         measured: "from the first POST /data-scans to the last scan's completed_at".to_string(),
     };
-    let expected_rows: BTreeMap<Uuid, i64> = followed
-        .iter()
-        .map(|scan| {
-            let expected = if scan.was_accepted() {
-                scan.records_sent as i64
-            } else {
-                0
-            };
-            (scan.tenant_id, expected)
-        })
-        .collect();
+    let mut expected_rows = BTreeMap::new();
+    expect_rows(&mut expected_rows, &followed);
     let verification = database::verify(&context.database_url, &expected_rows).await;
     let mut scans_by_final_status = BTreeMap::new();
     let mut scans_by_attempts = BTreeMap::new();
@@ -172,13 +136,7 @@ pub async fn run(context: &Context, options: &BurstOptions) -> ScenarioReport {
     } else {
         Some(measure(context, options.tenants, records_per_scan).await)
     };
-    let ratio_opt = baseline_opt.as_ref().and_then(|baseline| {
-        (baseline.throughput.records_per_second > 0.0).then(|| {
-            round_to_thousandths(
-                engine_throughput.records_per_second / baseline.throughput.records_per_second,
-            )
-        })
-    });
+    let ratio_opt = baseline::ratio(engine_throughput.records_per_second, baseline_opt.as_ref());
 
     let endpoints = context.client.recorder.reports();
     let (mut summary_en, mut summary_vi) = (Vec::new(), Vec::new());
@@ -290,29 +248,19 @@ pub async fn run(context: &Context, options: &BurstOptions) -> ScenarioReport {
     summary_vi.extend(vietnamese);
 
     ScenarioReport {
-        scenario: "burst",
         passed: verification.passed && all_completed && baseline::passed(baseline_opt.as_ref()),
-        started_at,
-        finished_at: Utc::now(),
-        command_line: context.command_line.clone(),
-        settings: context.settings(options),
-        engine_url: context.global.engine_url.clone(),
-        database_url: database::redact_password(&context.database_url),
         data,
         engine_throughput_opt: Some(engine_throughput),
         baseline_opt,
         engine_to_baseline_ratio_opt: ratio_opt,
-        endpoints,
         details: serde_json::to_value(&details).unwrap_or_default(),
         memory_opt,
         memory_error_opt,
         verification,
-        timeline: Vec::new(),
         notes,
         summary_en,
         summary_vi,
-        success_latencies: context.client.recorder.success_histograms(),
-        machine_opt: None,
+        ..context.report("burst", options, started_at)
     }
 }
 

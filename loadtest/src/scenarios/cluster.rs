@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::process::{Child, Command};
@@ -28,10 +27,10 @@ use uuid::Uuid;
 
 use super::baseline::{self, measure, push_baseline_summary};
 use super::{
-    finish_memory, generate_in_parallel, submit_all_and_follow_through, Context, FollowedScan,
+    expect_rows, finish_memory, finished_records_and_seconds, generate_scan_bodies,
+    submit_all_and_follow_through, Context, FollowedScan,
 };
 use crate::cli::ClusterOptions;
-use crate::data::{generate_records, keyed_scan_body};
 use crate::database;
 use crate::engine_client::{port_of_url, EngineClient, Unanswered, SUBMIT_SCAN};
 use crate::process_cpu;
@@ -116,12 +115,7 @@ pub async fn run(context: &Context, options: &ClusterOptions) -> ScenarioReport 
         "Each phase sends fresh tenants; every scan carries an idempotency key, and a submission that got no answer (HAProxy's 502/504, a dropped connection) is sent again after 1 s.".to_string(),
         "Memory is sampled for the running engine only (the instances started here are not).".to_string(),
     ];
-    let mut data = DataReport {
-        records: 0,
-        request_bodies: 0,
-        body_bytes: 0,
-        generation_seconds: 0.0,
-    };
+    let mut data = DataReport::default();
     let memory_sampler_opt = context.start_memory_sampler();
     let mut phases = Vec::new();
     let mut expected_rows: BTreeMap<Uuid, i64> = BTreeMap::new();
@@ -383,16 +377,9 @@ pub async fn run(context: &Context, options: &ClusterOptions) -> ScenarioReport 
         records_per_second: phase.records_per_second,
         measured: "three instances through HAProxy: from the phase's first POST /data-scans to its last scan's completed_at".to_string(),
     });
-    let ratio_opt = baseline_opt
+    let ratio_opt = engine_throughput_opt
         .as_ref()
-        .zip(engine_throughput_opt.as_ref())
-        .and_then(|(baseline, engine)| {
-            (baseline.throughput.records_per_second > 0.0).then(|| {
-                round_to_thousandths(
-                    engine.records_per_second / baseline.throughput.records_per_second,
-                )
-            })
-        });
+        .and_then(|engine| baseline::ratio(engine.records_per_second, baseline_opt.as_ref()));
     if let Some(baseline) = &baseline_opt {
         push_baseline_summary(baseline, &mut summary_en, &mut summary_vi);
         for phase in &details.phases {
@@ -417,17 +404,10 @@ pub async fn run(context: &Context, options: &ClusterOptions) -> ScenarioReport 
         .map(|phase| phase.endpoints.clone())
         .unwrap_or_default();
     ScenarioReport {
-        scenario: "cluster",
         passed: verification.passed
             && all_completed
             && details.epochs_with_two_writers == 0
             && baseline::passed(baseline_opt.as_ref()),
-        started_at,
-        finished_at: Utc::now(),
-        command_line: context.command_line.clone(),
-        settings: context.settings(options),
-        engine_url: context.global.engine_url.clone(),
-        database_url: database::redact_password(&context.database_url),
         data,
         engine_throughput_opt,
         baseline_opt,
@@ -437,12 +417,10 @@ pub async fn run(context: &Context, options: &ClusterOptions) -> ScenarioReport 
         memory_opt,
         memory_error_opt,
         verification,
-        timeline: Vec::new(),
         notes,
         summary_en,
         summary_vi,
-        success_latencies: context.client.recorder.success_histograms(),
-        machine_opt: None,
+        ..context.report("cluster", options, started_at)
     }
 }
 
@@ -457,17 +435,6 @@ fn phase_name_vi(name: &str) -> &'static str {
         THREE => "ba phiên bản",
         ONE_AGAIN => "lại một phiên bản",
         _ => "ba phiên bản, một bị dừng đột ngột",
-    }
-}
-
-fn expect_rows(expected_rows: &mut BTreeMap<Uuid, i64>, followed: &[FollowedScan]) {
-    for scan in followed {
-        let expected = if scan.was_accepted() {
-            scan.records_sent as i64
-        } else {
-            0
-        };
-        expected_rows.insert(scan.tenant_id, expected);
     }
 }
 
@@ -500,29 +467,16 @@ async fn run_phase(
         index,
         processes,
     } = plan;
-    let seed = context.global.seed;
     let records_per_scan = options.records;
-    let generation_started = Instant::now();
-    let tenants = options.tenants;
-    let bodies: Vec<(Uuid, Bytes)> = tokio::task::spawn_blocking(move || {
-        generate_in_parallel(tenants, |tenant_index| {
-            let tenant_id = Uuid::new_v4();
-            let stream = (index * tenants + tenant_index) as u64;
-            let records = generate_records(seed, stream, records_per_scan);
-            let key = format!("loadtest-cluster-{tenant_id}");
-            (tenant_id, keyed_scan_body(tenant_id, &records, &key))
-        })
-    })
-    .await
-    .expect("generation does not panic");
-    data.records += (tenants * records_per_scan) as u64;
-    data.request_bodies += bodies.len() as u64;
-    data.body_bytes += bodies
-        .iter()
-        .map(|(_, body)| body.len() as u64)
-        .sum::<u64>();
-    data.generation_seconds =
-        round_to_thousandths(data.generation_seconds + generation_started.elapsed().as_secs_f64());
+    let (bodies, phase_data) = generate_scan_bodies(
+        context,
+        options.tenants,
+        records_per_scan,
+        index * options.tenants,
+        Some("loadtest-cluster"),
+    )
+    .await;
+    data.add(&phase_data);
 
     let postmaster_opt = process_cpu::postmaster_pid(&context.global.postmaster_pid);
     let cpu_before = process_cpu::snapshot(&processes, postmaster_opt);
@@ -561,16 +515,7 @@ async fn run_phase(
         &cpu_before,
         &process_cpu::snapshot(&processes, postmaster_opt),
     );
-    let seconds = followed
-        .iter()
-        .filter(|scan| scan.is_finished())
-        .filter_map(|scan| scan.seconds_since(phase_started_at))
-        .fold(0.0, f64::max);
-    let records_written: i64 = followed
-        .iter()
-        .filter(|scan| scan.is_finished())
-        .map(|scan| scan.records_processed)
-        .sum();
+    let (records_written, seconds) = finished_records_and_seconds(&followed, phase_started_at);
     let phase = Phase {
         name,
         through,

@@ -17,6 +17,7 @@ pub mod scans;
 pub mod soak;
 pub mod webhooks;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ use uuid::Uuid;
 use crate::cli::GlobalOptions;
 use crate::engine_client::{with_retries_when, EngineClient, ScanAccepted, ScanState, Unanswered};
 use crate::memory::{MemoryReport, MemorySampler};
+use crate::report::{DataReport, ScenarioReport};
 use crate::statistics::{round_to_thousandths, TimelinePoint};
 use crate::written_records::WrittenRecordsSampler;
 
@@ -48,6 +50,42 @@ pub struct Context {
 }
 
 impl Context {
+    /// A report of `scenario` that started at `started_at`, with what every report takes from
+    /// the run (command line, settings, URLs, the client's endpoint statistics) and the rest
+    /// empty: the scenario fills in what it measured (`ScenarioReport { …, ..base }`).
+    pub fn report(
+        &self,
+        scenario: &'static str,
+        options: impl serde::Serialize,
+        started_at: DateTime<Utc>,
+    ) -> ScenarioReport {
+        ScenarioReport {
+            scenario,
+            passed: false,
+            started_at,
+            finished_at: Utc::now(),
+            command_line: self.command_line.clone(),
+            settings: self.settings(options),
+            engine_url: self.global.engine_url.clone(),
+            database_url: crate::database::redact_password(&self.database_url),
+            data: DataReport::default(),
+            engine_throughput_opt: None,
+            baseline_opt: None,
+            engine_to_baseline_ratio_opt: None,
+            endpoints: self.client.recorder.reports(),
+            details: serde_json::Value::Null,
+            memory_opt: None,
+            memory_error_opt: None,
+            verification: crate::database::Verification::default(),
+            timeline: Vec::new(),
+            notes: Vec::new(),
+            summary_en: Vec::new(),
+            summary_vi: Vec::new(),
+            success_latencies: self.client.recorder.success_histograms(),
+            machine_opt: None,
+        }
+    }
+
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.global.timeout_secs)
     }
@@ -324,6 +362,72 @@ pub async fn submit_all_and_follow_through(
         .collect();
     progress.finish_and_clear();
     (started_at, followed)
+}
+
+/// One scan body per tenant (`tenants` fresh tenant ids), of `records` records each from the
+/// streams `first_stream..first_stream + tenants` of the run's seed, generated on every core
+/// before any timing; with `key_prefix_opt`, each carries the idempotency key
+/// `<prefix>-<tenant id>`. Returns the bodies and their [`DataReport`].
+pub async fn generate_scan_bodies(
+    context: &Context,
+    tenants: usize,
+    records: usize,
+    first_stream: usize,
+    key_prefix_opt: Option<&'static str>,
+) -> (Vec<(Uuid, Bytes)>, DataReport) {
+    let seed = context.global.seed;
+    let generation_started = Instant::now();
+    let bodies: Vec<(Uuid, Bytes)> = tokio::task::spawn_blocking(move || {
+        generate_in_parallel(tenants, |tenant_index| {
+            let tenant_id = Uuid::new_v4();
+            let stream = (first_stream + tenant_index) as u64;
+            let generated = crate::data::generate_records(seed, stream, records);
+            let body = match key_prefix_opt {
+                Some(prefix) => crate::data::keyed_scan_body(
+                    tenant_id,
+                    &generated,
+                    &format!("{prefix}-{tenant_id}"),
+                ),
+                None => crate::data::scan_body(tenant_id, &generated),
+            };
+            (tenant_id, body)
+        })
+    })
+    .await
+    .expect("generation only formats and serialises, which does not panic");
+    let data = DataReport {
+        records: (tenants * records) as u64,
+        request_bodies: bodies.len() as u64,
+        body_bytes: bodies.iter().map(|(_, body)| body.len() as u64).sum(),
+        generation_seconds: round_to_thousandths(generation_started.elapsed().as_secs_f64()),
+    };
+    (bodies, data)
+}
+
+/// Records written by the finished scans of `followed`, and the seconds from `origin` to the
+/// last one's completion.
+pub fn finished_records_and_seconds(
+    followed: &[FollowedScan],
+    origin: DateTime<Utc>,
+) -> (i64, f64) {
+    let finished = || followed.iter().filter(|scan| scan.is_finished());
+    let records = finished().map(|scan| scan.records_processed).sum();
+    let seconds = finished()
+        .filter_map(|scan| scan.seconds_since(origin))
+        .fold(0.0, f64::max);
+    (records, seconds)
+}
+
+/// Adds each scan's tenant to `expected_rows`: the records it sent if it was accepted, else 0.
+pub fn expect_rows(expected_rows: &mut BTreeMap<Uuid, i64>, followed: &[FollowedScan]) {
+    for scan in followed {
+        let expected = if scan.was_accepted() {
+            scan.records_sent as i64
+        } else {
+            0
+        };
+        expected_rows.insert(scan.tenant_id, expected);
+    }
 }
 
 /// Starts sampling records written per second (see [`WrittenRecordsSampler`]).

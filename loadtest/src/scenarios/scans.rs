@@ -4,25 +4,19 @@
 //! engine's rate as a fraction of that baseline.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use chrono::Utc;
 use serde::Serialize;
-use uuid::Uuid;
 
 use super::baseline::{self, measure, push_baseline_summary};
 use super::{
-    finish_insert_sampler, finish_memory, generate_in_parallel, start_insert_sampler,
+    expect_rows, finish_insert_sampler, finish_memory, generate_scan_bodies, start_insert_sampler,
     submit_all_and_follow, Context, FollowedScan, TIMELINE_NOTE,
 };
 use crate::cli::ScansOptions;
-use crate::data::{generate_records, scan_body};
 use crate::database;
 use crate::engine_client::SUBMIT_SCAN;
-use crate::report::{
-    common_summary_lines, number_en, number_vi, DataReport, ScenarioReport, Throughput,
-};
+use crate::report::{common_summary_lines, number_en, number_vi, ScenarioReport, Throughput};
 use crate::statistics::{round_to_thousandths, summarize_seconds, SecondsSummary};
 
 #[derive(Debug, Serialize)]
@@ -49,27 +43,9 @@ struct ScanCompletion {
 }
 
 pub async fn run(context: &Context, options: &ScansOptions) -> ScenarioReport {
-    let seed = context.global.seed;
     let records_per_scan = options.records;
-    let generation_started = Instant::now();
-    let bodies: Vec<(Uuid, Bytes)> = tokio::task::spawn_blocking({
-        let tenants = options.tenants;
-        move || {
-            generate_in_parallel(tenants, |tenant_index| {
-                let tenant_id = Uuid::new_v4();
-                let records = generate_records(seed, tenant_index as u64, records_per_scan);
-                (tenant_id, scan_body(tenant_id, &records))
-            })
-        }
-    })
-    .await
-    .expect("generation does not panic");
-    let data = DataReport {
-        records: (options.tenants * records_per_scan) as u64,
-        request_bodies: bodies.len() as u64,
-        body_bytes: bodies.iter().map(|(_, body)| body.len() as u64).sum(),
-        generation_seconds: round_to_thousandths(generation_started.elapsed().as_secs_f64()),
-    };
+    let (bodies, data) =
+        generate_scan_bodies(context, options.tenants, records_per_scan, 0, None).await;
 
     let memory_sampler_opt = context.start_memory_sampler();
     let insert_sampler = start_insert_sampler(context).await;
@@ -88,6 +64,8 @@ pub async fn run(context: &Context, options: &ScansOptions) -> ScenarioReport {
         "The baseline loads the same generated rows (same seed and streams) under fresh tenant ids, after the engine part, pre-encoded as binary COPY.".to_string(),
     ];
 
+    let mut expected_rows = BTreeMap::new();
+    expect_rows(&mut expected_rows, &followed);
     let completions: Vec<ScanCompletion> = followed
         .into_iter()
         .map(|scan| ScanCompletion {
@@ -116,17 +94,7 @@ pub async fn run(context: &Context, options: &ScansOptions) -> ScenarioReport {
         ),
         measured: "from the first POST /data-scans to the last scan's completed_at".to_string(),
     };
-    let expected_rows: BTreeMap<Uuid, i64> = completions
-        .iter()
-        .map(|completion| {
-            let expected = if completion.scan.was_accepted() {
-                completion.scan.records_sent as i64
-            } else {
-                0
-            };
-            (completion.scan.tenant_id, expected)
-        })
-        .collect();
+
     let timeline =
         finish_insert_sampler(insert_sampler, expected_rows.values().sum(), &mut notes).await;
     let verification = database::verify(&context.database_url, &expected_rows).await;
@@ -143,13 +111,7 @@ pub async fn run(context: &Context, options: &ScansOptions) -> ScenarioReport {
     } else {
         Some(measure(context, options.tenants, records_per_scan).await)
     };
-    let ratio_opt = baseline_opt.as_ref().and_then(|baseline| {
-        (baseline.throughput.records_per_second > 0.0).then(|| {
-            round_to_thousandths(
-                engine_throughput.records_per_second / baseline.throughput.records_per_second,
-            )
-        })
-    });
+    let ratio_opt = baseline::ratio(engine_throughput.records_per_second, baseline_opt.as_ref());
 
     let endpoints = context.client.recorder.reports();
     let details = ScansDetails {
@@ -249,19 +211,11 @@ pub async fn run(context: &Context, options: &ScansOptions) -> ScenarioReport {
 
     let baseline_passed = baseline::passed(baseline_opt.as_ref());
     ScenarioReport {
-        scenario: "scans",
         passed: verification.passed && all_completed && baseline_passed,
-        started_at,
-        finished_at: Utc::now(),
-        command_line: context.command_line.clone(),
-        settings: context.settings(options),
-        engine_url: context.global.engine_url.clone(),
-        database_url: database::redact_password(&context.database_url),
         data,
         engine_throughput_opt: Some(engine_throughput),
         baseline_opt,
         engine_to_baseline_ratio_opt: ratio_opt,
-        endpoints,
         details: serde_json::to_value(&details).unwrap_or_default(),
         memory_opt,
         memory_error_opt,
@@ -270,7 +224,6 @@ pub async fn run(context: &Context, options: &ScansOptions) -> ScenarioReport {
         notes,
         summary_en,
         summary_vi,
-        success_latencies: context.client.recorder.success_histograms(),
-        machine_opt: None,
+        ..context.report("scans", options, started_at)
     }
 }

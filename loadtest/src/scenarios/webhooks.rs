@@ -27,9 +27,11 @@ use sha2::Sha256;
 use uuid::Uuid;
 use warp::Filter;
 
-use super::{finish_memory, generate_in_parallel, submit_all_and_follow, Context, FollowedScan};
+use super::{
+    expect_rows, finish_memory, finished_records_and_seconds, generate_scan_bodies,
+    submit_all_and_follow, Context, FollowedScan,
+};
 use crate::cli::WebhooksOptions;
-use crate::data::{generate_records, scan_body};
 use crate::database;
 use crate::engine_client::{CREATE_TENANT, REGISTER_WEBHOOK};
 use crate::report::{
@@ -112,12 +114,7 @@ pub async fn run(context: &Context, options: &WebhooksOptions) -> ScenarioReport
     let mut phases = Vec::new();
     let mut expected_rows: BTreeMap<Uuid, i64> = BTreeMap::new();
     let mut announced_scans: HashMap<Uuid, bool> = HashMap::new();
-    let mut data = DataReport {
-        records: 0,
-        request_bodies: 0,
-        body_bytes: 0,
-        generation_seconds: 0.0,
-    };
+    let mut data = DataReport::default();
     let mut setup_errors = Vec::new();
     for (index, with_webhooks) in kinds.into_iter().enumerate() {
         let outcome = run_phase(
@@ -132,13 +129,8 @@ pub async fn run(context: &Context, options: &WebhooksOptions) -> ScenarioReport
         .await;
         match outcome {
             Ok((phase, followed)) => {
+                expect_rows(&mut expected_rows, &followed);
                 for scan in &followed {
-                    let expected = if scan.was_accepted() {
-                        scan.records_sent as i64
-                    } else {
-                        0
-                    };
-                    expected_rows.insert(scan.tenant_id, expected);
                     if let Some(scan_id) = scan.scan_id_opt.filter(|_| scan.is_finished()) {
                         announced_scans.insert(scan_id, with_webhooks);
                     }
@@ -301,14 +293,7 @@ pub async fn run(context: &Context, options: &WebhooksOptions) -> ScenarioReport
     summary_vi.extend(vietnamese);
 
     ScenarioReport {
-        scenario: "webhooks",
         passed: verification.passed && all_completed && deliveries_exact,
-        started_at,
-        finished_at: Utc::now(),
-        command_line: context.command_line.clone(),
-        settings: context.settings(options),
-        engine_url: context.global.engine_url.clone(),
-        database_url: database::redact_password(&context.database_url),
         data,
         engine_throughput_opt: Some(Throughput {
             records: records_with as u64,
@@ -316,19 +301,14 @@ pub async fn run(context: &Context, options: &WebhooksOptions) -> ScenarioReport
             records_per_second: round_to_thousandths(rate_with),
             measured: "the phases with webhooks: from each phase's first POST /data-scans to its last scan's completed_at, summed".to_string(),
         }),
-        baseline_opt: None,
-        engine_to_baseline_ratio_opt: None,
-        endpoints: context.client.recorder.reports(),
         details: serde_json::to_value(&details).unwrap_or_default(),
         memory_opt,
         memory_error_opt,
         verification,
-        timeline: Vec::new(),
         notes,
         summary_en,
         summary_vi,
-        success_latencies: context.client.recorder.success_histograms(),
-        machine_opt: None,
+        ..context.report("webhooks", options, started_at)
     }
 }
 
@@ -343,30 +323,16 @@ async fn run_phase(
     inbox: &Inbox,
     data: &mut DataReport,
 ) -> Result<(Phase, Vec<FollowedScan>), String> {
-    let seed = context.global.seed;
     let records_per_scan = options.records;
-    let generation_started = Instant::now();
-    let bodies: Vec<(Uuid, Bytes)> = tokio::task::spawn_blocking({
-        let tenants = options.tenants;
-        move || {
-            generate_in_parallel(tenants, |tenant_index| {
-                let tenant_id = Uuid::new_v4();
-                let stream = (index * tenants + tenant_index) as u64;
-                let records = generate_records(seed, stream, records_per_scan);
-                (tenant_id, scan_body(tenant_id, &records))
-            })
-        }
-    })
-    .await
-    .map_err(|error| format!("generation failed: {error}"))?;
-    data.records += (options.tenants * records_per_scan) as u64;
-    data.request_bodies += bodies.len() as u64;
-    data.body_bytes += bodies
-        .iter()
-        .map(|(_, body)| body.len() as u64)
-        .sum::<u64>();
-    data.generation_seconds =
-        round_to_thousandths(data.generation_seconds + generation_started.elapsed().as_secs_f64());
+    let (bodies, phase_data) = generate_scan_bodies(
+        context,
+        options.tenants,
+        records_per_scan,
+        index * options.tenants,
+        None,
+    )
+    .await;
+    data.add(&phase_data);
 
     for (tenant_id, _) in &bodies {
         let created = context
@@ -430,16 +396,7 @@ async fn run_phase(
         label,
     )
     .await;
-    let seconds = followed
-        .iter()
-        .filter(|scan| scan.is_finished())
-        .filter_map(|scan| scan.seconds_since(phase_started_at))
-        .fold(0.0, f64::max);
-    let records_written: i64 = followed
-        .iter()
-        .filter(|scan| scan.is_finished())
-        .map(|scan| scan.records_processed)
-        .sum();
+    let (records_written, seconds) = finished_records_and_seconds(&followed, phase_started_at);
     let phase = Phase {
         index,
         with_webhooks,
