@@ -102,6 +102,9 @@ pub struct EmbeddedSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct IngestSettings {
     pub chunk_records: usize,
+    /// A scan whose body is at least this large is chunked at `large_scan_chunk_records`.
+    pub large_scan_body_bytes: u64,
+    pub large_scan_chunk_records: usize,
     pub max_scan_records: usize,
     pub max_batch_records: usize,
     pub batch_max_wait_secs: u64,
@@ -214,6 +217,8 @@ impl Settings {
                 "/var/lib/ingest-engine",
             )?
             .set_default("ingest.chunk_records", 1000)?
+            .set_default("ingest.large_scan_body_bytes", 8 * 1024 * 1024)?
+            .set_default("ingest.large_scan_chunk_records", 5000)?
             .set_default("ingest.max_scan_records", 100_000)?
             .set_default("ingest.max_batch_records", 10_000)?
             .set_default("ingest.batch_max_wait_secs", 30)?

@@ -242,10 +242,13 @@ async fn submit_scan_inner(
     stages.lap("admission_wait");
     let body = body.read(limit).await?;
     stages.lap("body_read");
-    let (max_records, chunk_records) = (
-        state.settings.ingest.max_scan_records,
-        state.settings.ingest.chunk_records,
-    );
+    let ingest = &state.settings.ingest;
+    let chunk_records = if body.len() as u64 >= ingest.large_scan_body_bytes {
+        ingest.large_scan_chunk_records.max(1)
+    } else {
+        ingest.chunk_records
+    };
+    let max_records = ingest.max_scan_records;
     let prepared: PreparedScan =
         parse_off_request_threads(&state, "parsing the scan stopped unexpectedly", move || {
             submission::prepare_scan(&body, max_records, chunk_records)

@@ -435,3 +435,44 @@ async fn malformed_submissions_get_bilingual_400s() {
     assert_eq!(app.get("/health").await.status(), 200);
     app.stop().await;
 }
+
+/// A scan whose body reaches `ingest.large_scan_body_bytes` is staged in chunks of
+/// `ingest.large_scan_chunk_records`; a smaller one in chunks of `ingest.chunk_records`.
+#[tokio::test]
+async fn a_large_scan_is_staged_in_larger_chunks() {
+    let app = crate::helpers::spawn_app_with(|settings| {
+        settings.ingest.chunk_records = 100;
+        settings.ingest.large_scan_chunk_records = 500;
+        settings.ingest.large_scan_body_bytes = 200_000;
+    })
+    .await;
+    let client = app.db().await;
+    let (large, small) = (Uuid::new_v4(), Uuid::new_v4());
+    for tenant in [large, small] {
+        // Paused: the chunks stay staged, to be counted.
+        client
+            .execute(
+                "INSERT INTO tenants (tenant_id, records_per_second, burst, max_backlog_records, paused) \
+                 VALUES ($1, 100000, 100000, 10000000, true)",
+                &[&tenant],
+            )
+            .await
+            .unwrap();
+    }
+    // About 330 kB and 100 kB of body.
+    assert_eq!(app.post_scan(large, activities(1_000)).await.status(), 202);
+    assert_eq!(app.post_scan(small, activities(300)).await.status(), 202);
+    for (tenant, expected) in [(large, vec![500, 500]), (small, vec![100, 100, 100])] {
+        let chunks: Vec<i32> = client
+            .query(
+                "SELECT record_count FROM staged_chunks WHERE tenant_id = $1 ORDER BY chunk_id",
+                &[&tenant],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(chunks, expected, "tenant {tenant}");
+    }
+}
