@@ -19,10 +19,23 @@ pub async fn record(
     client: &impl tokio_postgres::GenericClient,
     event: &AuditEvent,
 ) -> Result<(), StoreError> {
+    let statement = client.prepare(RECORD).await?;
+    record_prepared(client, &statement, event).await
+}
+
+/// The statement of [`record`], for a caller that prepares its statements together.
+pub const RECORD: &str = "INSERT INTO audit_log (tenant_id, occurred_at, event_id, actor, action, subject, details, summary, summary_vi) \
+     VALUES ($1, now(), $2, $3, $4, $5, $6, $7, $8)";
+
+/// [`record`] with [`RECORD`] already prepared: the entry is sent at the first poll.
+pub async fn record_prepared(
+    client: &impl tokio_postgres::GenericClient,
+    statement: &tokio_postgres::Statement,
+    event: &AuditEvent,
+) -> Result<(), StoreError> {
     client
         .execute(
-            "INSERT INTO audit_log (tenant_id, occurred_at, event_id, actor, action, subject, details, summary, summary_vi) \
-             VALUES ($1, now(), $2, $3, $4, $5, $6, $7, $8)",
+            statement,
             &[
                 &event.tenant_id.0,
                 &event.event_id,
