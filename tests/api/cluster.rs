@@ -102,16 +102,8 @@ async fn a_chunk_of_an_instance_that_lost_its_tenant_writes_nothing() {
     use ingest_engine::store::chunk_writes::{ChunkSource, Fence, WriteConnection};
 
     let app = spawn_app_with(|settings| settings.cluster.instance_id = "instance-a".into()).await;
-    let tenant = uuid::Uuid::new_v4();
+    let tenant = app.paused_tenant().await;
     let client = app.db().await;
-    client
-        .execute(
-            "INSERT INTO tenants (tenant_id, records_per_second, burst, max_backlog_records, paused) \
-             VALUES ($1, 100000, 100000, 10000000, true)",
-            &[&tenant],
-        )
-        .await
-        .unwrap();
     let scan_id = crate::helpers::accepted_scan_id(
         app.post_scan(tenant, crate::helpers::activities(10)).await,
     )

@@ -264,6 +264,21 @@ impl TestApp {
         connections::build_pool(&self.database, 2, Duration::from_secs(5)).await
     }
 
+    /// A new tenant, paused: its scans are accepted and staged but not written.
+    pub async fn paused_tenant(&self) -> Uuid {
+        let tenant = Uuid::new_v4();
+        self.db()
+            .await
+            .execute(
+                "INSERT INTO tenants (tenant_id, records_per_second, burst, max_backlog_records, paused) \
+                 VALUES ($1, 100000, 100000, 10000000, true)",
+                &[&tenant],
+            )
+            .await
+            .expect("a new tenant can be inserted");
+        tenant
+    }
+
     pub async fn db(&self) -> tokio_postgres::Client {
         connections::connect(&self.database)
             .await

@@ -10,27 +10,12 @@ use crate::helpers::{
     spawn_app_on, TestApp,
 };
 
-/// A new tenant, paused: its scans are accepted and staged but not written.
-async fn paused_tenant(app: &TestApp) -> Uuid {
-    let tenant = Uuid::new_v4();
-    app.db()
-        .await
-        .execute(
-            "INSERT INTO tenants (tenant_id, records_per_second, burst, max_backlog_records, paused) \
-             VALUES ($1, 100000, 100000, 10000000, true)",
-            &[&tenant],
-        )
-        .await
-        .unwrap();
-    tenant
-}
-
 /// Work staged by one instance that stops before writing it is completed by the next one, with
 /// exact counts and no duplicates.
 #[tokio::test]
 async fn staged_work_left_by_a_stopped_instance_is_completed_by_the_next() {
     let first = spawn_app().await;
-    let tenant = paused_tenant(&first).await;
+    let tenant = first.paused_tenant().await;
     let mut scan_ids = Vec::new();
     for _ in 0..3 {
         let response = first.post_scan(tenant, activities(2_345)).await;
@@ -112,7 +97,7 @@ async fn two_instances_on_one_database_apply_each_chunk_once() {
 #[tokio::test]
 async fn only_the_chunk_that_finishes_a_scan_waits_for_its_commit_to_be_flushed() {
     let app = spawn_app().await;
-    let tenant = paused_tenant(&app).await;
+    let tenant = app.paused_tenant().await;
     let response = app.post_scan(tenant, activities(2_345)).await;
     let scan_id: Uuid = accepted_scan_id(response).await.parse().unwrap();
     let database = app.database.clone();
@@ -179,7 +164,7 @@ async fn only_the_chunk_that_finishes_a_scan_waits_for_its_commit_to_be_flushed(
 async fn a_failing_statement_before_commit_rolls_the_whole_chunk_back() {
     for table in ["scans", "activity_counts"] {
         let app = spawn_app().await;
-        let tenant = paused_tenant(&app).await;
+        let tenant = app.paused_tenant().await;
         let admin = app.db().await;
         let response = app.post_scan(tenant, activities(500)).await;
         assert_eq!(response.status(), 202);

@@ -447,18 +447,8 @@ async fn a_large_scan_is_staged_in_larger_chunks() {
     })
     .await;
     let client = app.db().await;
-    let (large, small) = (Uuid::new_v4(), Uuid::new_v4());
-    for tenant in [large, small] {
-        // Paused: the chunks stay staged, to be counted.
-        client
-            .execute(
-                "INSERT INTO tenants (tenant_id, records_per_second, burst, max_backlog_records, paused) \
-                 VALUES ($1, 100000, 100000, 10000000, true)",
-                &[&tenant],
-            )
-            .await
-            .unwrap();
-    }
+    // Paused: the chunks stay staged, to be counted.
+    let (large, small) = (app.paused_tenant().await, app.paused_tenant().await);
     // About 330 kB and 100 kB of body.
     assert_eq!(app.post_scan(large, activities(1_000)).await.status(), 202);
     assert_eq!(app.post_scan(small, activities(300)).await.status(), 202);
