@@ -475,10 +475,6 @@ impl Admission {
             self.control.release(self.lane, released);
         }
     }
-
-    pub fn charge_kib(&self) -> u64 {
-        self.charge_kib
-    }
 }
 
 impl Drop for Admission {
