@@ -6,7 +6,10 @@
 # ENGINE is an engine binary (say target/release/ingest-engine, or a copy of an older build);
 # it starts on a new data directory under /var/tmp with PostgreSQL's settings from
 # config/postgresql.conf, the scenario runs with `--no-psql-copy`, and the printed summary is
-# followed by the engine's admission counters and per-stage submission times from /metrics.
+# followed by the engine's admission counters and per-stage submission times from /metrics, the
+# CPU seconds of the engine and of PostgreSQL (the postmaster with every process it started,
+# exited ones included) over the run, and PostgreSQL's WAL and autovacuum figures (the
+# baseline's share included unless the scenario runs with --skip-baseline).
 # Needs `cargo build --release --workspace --bins` first (for target/release/loadtest).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -31,10 +34,33 @@ for _ in $(seq 1 120); do
     kill -0 "$engine_pid" 2>/dev/null || { cat "$work/engine.log" >&2; exit 1; }
     sleep 1
 done
+postmaster=$(head -1 "$work/pg/postmaster.pid")
+pg_port=$(sed -n 4p "$work/pg/postmaster.pid")
+# utime + stime of a process, and (for the postmaster) of its children it has reaped.
+cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
+postgres_ticks() {
+    local total
+    total=$(cpu_ticks "$postmaster")
+    for stat in /proc/[0-9]*/stat; do
+        total=$((total + $(awk -v parent="$postmaster" '$4 == parent {t = $14 + $15} END {print t + 0}' "$stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+engine_before=$(cpu_ticks "$engine_pid")
+postgres_before=$(postgres_ticks)
 status=0
 target/release/loadtest --engine-url "http://127.0.0.1:$port" \
     --postmaster-pid "$work/pg/postmaster.pid" --token "$(cat "$work/admin-token")" \
     --no-psql-copy "$@" || status=$?
 curl -s "http://127.0.0.1:$port/metrics" \
     | grep -E '^ingest_(admission_refusals_total|submission_stage_duration_seconds_(sum|count))' || true
+hz=$(getconf CLK_TCK)
+echo "CPU seconds over the run: engine $(( ($(cpu_ticks "$engine_pid") - engine_before) / hz )), PostgreSQL $(( ($(postgres_ticks) - postgres_before) / hz ))"
+psql -X -q -h 127.0.0.1 -p "$pg_port" -U ingest -d ingest -c "
+    SELECT pg_size_pretty(wal_bytes) AS wal, wal_records, wal_fpi FROM pg_stat_wal" -c "
+    SELECT relname, autovacuum_count, n_tup_ins, n_tup_del,
+           pg_size_pretty(pg_total_relation_size(relid)) AS size
+    FROM pg_stat_all_tables
+    WHERE autovacuum_count > 0 OR n_tup_ins > 1000
+    ORDER BY pg_total_relation_size(relid) DESC LIMIT 8" || true
 exit $status
