@@ -429,6 +429,13 @@ fn write_engine_settings(
         }
         None => String::new(),
     };
+    let major_opt = fs::read_to_string(data_dir.join("PG_VERSION"))
+        .ok()
+        .and_then(|version| version.trim().parse::<u32>().ok());
+    let settings = match major_opt {
+        Some(major) => for_server(&settings, major),
+        None => settings,
+    };
     let target = data_dir.join("engine.conf");
     fs::write(&target, settings).context("writing engine.conf")?;
     if let Some(user) = run_as_opt {
@@ -440,6 +447,29 @@ fn write_engine_settings(
         .context("giving engine.conf to the PostgreSQL user")?;
     }
     Ok(())
+}
+
+/// The settings as a server of version `major` accepts them: before PostgreSQL 15,
+/// `wal_compression` knows only `on` and `off` (pglz), and a value it does not know would stop
+/// the server from starting.
+fn for_server(settings: &str, major: u32) -> String {
+    if major >= 15 {
+        return settings.to_string();
+    }
+    settings
+        .lines()
+        .map(|line| {
+            let mut parts = line.splitn(2, '=');
+            let name = parts.next().unwrap_or("").trim();
+            let value = parts.next().unwrap_or("").trim().trim_matches('\'');
+            if name == "wal_compression" && matches!(value, "lz4" | "zstd") {
+                "wal_compression = on"
+            } else {
+                line
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A `postmaster.pid` left by a server that no longer runs would stop a new one from starting.
@@ -540,4 +570,24 @@ pub fn check_version(bin_dir: &Path, data_dir: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::for_server;
+
+    #[test]
+    fn wal_compression_by_lz4_falls_back_to_on_before_postgresql_15() {
+        let settings = "wal_buffers = 64MB\nwal_compression = lz4\nmax_connections = 200";
+        assert_eq!(for_server(settings, 17), settings);
+        assert_eq!(for_server(settings, 15), settings);
+        assert_eq!(
+            for_server(settings, 14),
+            "wal_buffers = 64MB\nwal_compression = on\nmax_connections = 200"
+        );
+        assert_eq!(
+            for_server("wal_compression='zstd'", 13),
+            "wal_compression = on"
+        );
+    }
 }
