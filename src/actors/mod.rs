@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod board;
+pub mod hold_budget;
 pub mod messages;
 pub mod supervisor;
 pub mod tenant;

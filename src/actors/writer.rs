@@ -29,6 +29,7 @@ use tokio::sync::oneshot;
 use tokio_postgres::Config;
 
 use super::backoff::backoff;
+use super::hold_budget::HoldBudget;
 use super::messages::WriteChunk;
 use crate::domain::{Priority, Region};
 use crate::store::chunk_writes::{ChunkOutcome, ChunkSource, WriteConnection};
@@ -292,16 +293,14 @@ pub struct WriterPool {
     writers: Arc<Vec<(Addr<Writer>, Arc<WriterCounters>)>>,
     gate: Arc<Mutex<Gate>>,
     aging_step: Duration,
-    /// Submissions waiting to be parsed: staged chunks yield to them.
+    /// Submissions waiting to be parsed: staged chunks are held back for them, within the
+    /// hold budget.
     parsing: Arc<crate::submission::ParsingSlots>,
+    hold_budget: Arc<Mutex<HoldBudget>>,
 }
 
-/// Longest a staged chunk waits for submissions to be parsed before it is written anyway (so
-/// a stream of submissions slows the writers without stopping them).
-const YIELD_TO_SUBMISSIONS_MAX: Duration = Duration::from_millis(200);
-
-/// How often a yielding chunk looks again.
-const YIELD_TO_SUBMISSIONS_STEP: Duration = Duration::from_millis(10);
+/// How often a held staged chunk looks again whether it may be written.
+const HOLD_LOOK_STEP: Duration = Duration::from_millis(10);
 
 /// Guarded by a std mutex held only for a few instructions, never across an await.
 struct Gate {
@@ -404,25 +403,23 @@ impl WriterPool {
             gate: Arc::new(Mutex::new(gate)),
             aging_step,
             parsing,
+            hold_budget: Arc::new(Mutex::new(HoldBudget::new(Instant::now()))),
         }
     }
 
     /// Waits for a writer (in priority order), has it write the chunk, and resolves with the
-    /// outcome once the chunk's transaction ended. A staged chunk first waits, up to
-    /// [`YIELD_TO_SUBMISSIONS_MAX`], while submissions wait to be parsed: its records are
-    /// durable already, theirs are not acknowledged yet. (A batch's chunk does not: its
-    /// client is waiting for it.)
+    /// outcome once the chunk's transaction ended. A staged chunk first waits while
+    /// submissions wait to be parsed and the [`HoldBudget`] allows: its records are durable
+    /// already, theirs are not acknowledged yet. (A batch's chunk does not: its client is
+    /// waiting for it.)
     pub async fn write(
         &self,
         message: WriteChunk,
         priority: Priority,
     ) -> Result<ChunkOutcome, StoreError> {
         if matches!(message.source, ChunkSource::Staged { .. }) {
-            let started = Instant::now();
-            while self.parsing.submissions_waiting() > 0
-                && started.elapsed() < YIELD_TO_SUBMISSIONS_MAX
-            {
-                tokio::time::sleep(YIELD_TO_SUBMISSIONS_STEP).await;
+            while self.hold_staged_chunk() {
+                tokio::time::sleep(HOLD_LOOK_STEP).await;
             }
         }
         let reservation = self.reserve(priority).await;
@@ -439,6 +436,14 @@ impl WriterPool {
         };
         drop(reservation);
         outcome
+    }
+
+    fn hold_staged_chunk(&self) -> bool {
+        let submissions_waiting = self.parsing.submissions_waiting() > 0;
+        self.hold_budget
+            .lock()
+            .expect("never poisoned: nothing panics while holding the budget")
+            .hold(Instant::now(), submissions_waiting)
     }
 
     async fn reserve(&self, priority: Priority) -> Reservation<'_> {
