@@ -308,6 +308,7 @@ struct RecordEncoder {
     chunk_records: usize,
     /// Acceptance time of every record of the submission.
     created_at_unix_micros: i64,
+    ids: IdSequence,
     sealer: ChunkSealer,
     /// The tuples of the chunk being filled, and how many records they hold.
     tuples: Vec<u8>,
@@ -326,6 +327,7 @@ impl RecordEncoder {
             scan_id_opt,
             chunk_records: limits.chunk_records.max(1),
             created_at_unix_micros: chrono::Utc::now().timestamp_micros(),
+            ids: IdSequence::new(),
             sealer: ChunkSealer::for_scan(scan_id_opt.is_some()),
             tuples: Vec::new(),
             chunk_record_count: 0,
@@ -360,7 +362,7 @@ impl RecordEncoder {
                 .reserve(copy_encoder::encoded_size_hint(&record) * self.chunk_records);
         }
         let placement = RecordPlacement {
-            id: Uuid::now_v7(),
+            id: self.ids.next_id(),
             tenant_id: self.tenant_id.0,
             scan_id_opt: self.scan_id_opt,
             record_index: index as i32,
@@ -393,6 +395,36 @@ impl RecordEncoder {
             errors: self.errors,
             chunks: self.chunks,
         })
+    }
+}
+
+/// The ids of a submission's records: UUIDv7s that share the submission's millisecond and
+/// random start and count up from it in their last 62 bits (RFC 9562, 6.2, method 2), so they
+/// are distinct and ascending within the submission (the primary key index is appended to in
+/// order), without reading the clock and drawing random bits for every record. A new start is
+/// drawn if the count would ever run out.
+struct IdSequence {
+    next: u128,
+}
+
+/// The low 62 bits of a UUIDv7 (`rand_b`), below the variant bits.
+const RAND_B_MASK: u128 = (1 << 62) - 1;
+
+impl IdSequence {
+    fn new() -> IdSequence {
+        IdSequence {
+            next: Uuid::now_v7().as_u128(),
+        }
+    }
+
+    fn next_id(&mut self) -> Uuid {
+        let id = self.next;
+        self.next = if id & RAND_B_MASK == RAND_B_MASK {
+            Uuid::now_v7().as_u128()
+        } else {
+            id + 1
+        };
+        Uuid::from_u128(id)
     }
 }
 
@@ -735,6 +767,25 @@ mod tests {
             .map(|chunk| chunk.record_count)
             .collect();
         assert_eq!(counts, vec![10, 10, 4]);
+    }
+
+    #[test]
+    fn record_ids_are_version_7_distinct_and_ascending_even_where_the_count_runs_out() {
+        let mut ids = IdSequence::new();
+        let first = ids.next_id();
+        let second = ids.next_id();
+        assert!(first < second);
+        // A start at the very end of the count: the next id comes from a fresh start.
+        ids.next = first.as_u128() | RAND_B_MASK;
+        let last_of_count = ids.next_id();
+        let fresh = ids.next_id();
+        for id in [first, second, last_of_count, fresh] {
+            assert_eq!(id.get_version_num(), 7, "{id}");
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122, "{id}");
+        }
+        assert_eq!(second.as_u128() - first.as_u128(), 1);
+        assert_ne!(fresh, last_of_count);
+        assert_ne!(fresh.as_u128() & RAND_B_MASK, 0, "not a wrapped count");
     }
 
     #[test]

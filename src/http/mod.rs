@@ -880,6 +880,7 @@ async fn collect_body(
 ) -> Result<Bytes, ApiError> {
     let capacity = declared_length_opt.unwrap_or(0).min(limit);
     let mut collected = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
+    crate::memory::advise_huge_pages(collected.spare_capacity_mut());
     while let Some(part) = body.next().await {
         let mut part = part.map_err(|_| {
             ApiError::bad_request(
