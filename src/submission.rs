@@ -769,6 +769,105 @@ mod tests {
         assert_eq!(counts, vec![10, 10, 4]);
     }
 
+    /// JSON that parsers are known to disagree on (raw controls, bad escapes and surrogates,
+    /// odd numbers, deep nesting, near-JSON): whichever reader takes the body, the answer is
+    /// the two-pass reader's. serde_json's depth limit (128) is also what keeps the 300-deep
+    /// arrays here from overflowing the stack: a parser without one must not read bodies.
+    #[test]
+    fn both_readers_agree_on_json_edge_cases() {
+        let tenant = Uuid::new_v4();
+        let valid = record("hoạt động");
+        let with_name = |name: &str| {
+            format!(
+                r#"{{"activity_name":"{name}","pdpl_category":"Category 3: Public Data","data_fields":["a"]}}"#
+            )
+        };
+        let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+        let records = [
+            with_name("raw\u{1}control"),
+            with_name("raw\nnewline"),
+            with_name("raw\ttab"),
+            with_name(r"bad \x escape"),
+            with_name(r"bad \u12G4 hex"),
+            with_name(r"lone \udc00 low"),
+            with_name(r"lone \ud800 high"),
+            with_name(r"high then text \ud800abc"),
+            with_name(r"pair \ud83d\ude00 ok"),
+            with_name(r"escaped \/ slash"),
+            with_name("del \u{7f} and nbsp \u{a0}"),
+            format!(
+                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],"n":1e400}}"#
+            ),
+            format!(
+                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],"n":123456789012345678901234567890}}"#
+            ),
+            format!(
+                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],"n":01}}"#
+            ),
+            format!(
+                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],"n":-}}"#
+            ),
+            format!(
+                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],"n":NaN}}"#
+            ),
+            format!(
+                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],"n":.5}}"#
+            ),
+            format!(
+                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],"n":1.}}"#
+            ),
+            format!(
+                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],"n":tru}}"#
+            ),
+            format!(
+                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":[{deep}]}}"#
+            ),
+            format!(
+                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],"n":{deep}}}"#
+            ),
+            format!(
+                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a",]}}"#
+            ),
+            format!(
+                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],}}"#
+            ),
+            format!(
+                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"] "n":1}}"#
+            ),
+            format!(r#"{{'activity_name':"x"}}"#),
+            format!(r#"{{activity_name:"x"}}"#),
+            "{\"activity_name\":\"x\"\u{0}}".to_string(),
+        ];
+        for record in &records {
+            for body in [
+                format!(r#"{{"tenant_id":"{tenant}","activities":[{record}]}}"#),
+                format!(r#"{{"tenant_id":"{tenant}","activities":[{valid},{record},{valid}]}}"#),
+            ] {
+                let answer =
+                    prepare_scan(body.as_bytes(), LIMITS.max_records, LIMITS.chunk_records);
+                let expected = read_scan_in_two_passes(&body, Uuid::now_v7(), LIMITS);
+                assert_eq!(
+                    comparable(&answer, |scan| &scan.records, true),
+                    comparable(&expected, |scan| &scan.records, true),
+                    "{body}"
+                );
+                let batch = format!(r#"{{"activities":[{valid},{record}]}}"#);
+                let answer = prepare_batch(
+                    batch.as_bytes(),
+                    TenantId(tenant),
+                    LIMITS.max_records,
+                    LIMITS.chunk_records,
+                );
+                let expected = read_batch_in_two_passes(&batch, TenantId(tenant), LIMITS);
+                assert_eq!(
+                    comparable(&answer, |records| records, false),
+                    comparable(&expected, |records| records, false),
+                    "{batch}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn record_ids_are_version_7_distinct_and_ascending_even_where_the_count_runs_out() {
         let mut ids = IdSequence::new();
