@@ -273,6 +273,12 @@ fn write_concurrently(
     written: Arc<AtomicUsize>,
 ) -> tokio::task::JoinHandle<()> {
     let app = app.clone();
+    let run_starts: Vec<Uuid> = existing_ids
+        .iter()
+        .enumerate()
+        .filter(|(index, id)| *index == 0 || existing_ids[index - 1].as_u128() + 1 != id.as_u128())
+        .map(|(_, id)| *id)
+        .collect();
     tokio::spawn(async move {
         let client = app.db().await;
         let mut round = 0usize;
@@ -280,11 +286,14 @@ fn write_concurrently(
             post_batch(&app, tenant, activities(20)).await;
             written.fetch_add(20, Ordering::SeqCst);
             if behind_too {
-                let ids: Vec<Uuid> = existing_ids
+                // A submission's ids count up from its own random start, so rows can be put
+                // among the existing ones only between two submissions' runs: just before the
+                // first id of a run, a little further each round.
+                let ids: Vec<Uuid> = run_starts
                     .iter()
-                    .skip(round % 7)
-                    .step_by(97)
-                    .map(|id| Uuid::from_u128(id.as_u128() + 1 + round as u128))
+                    .skip(round % 3)
+                    .step_by(2)
+                    .map(|id| Uuid::from_u128(id.as_u128() - 1 - round as u128))
                     .collect();
                 let inserted = client
                     .execute(
@@ -350,7 +359,9 @@ async fn page_through(app: &TestApp, tenant: Uuid, by_cursor: bool) -> (Vec<Uuid
 async fn paging_under_concurrent_writes(by_cursor: bool) {
     let app = Arc::new(spawn_app().await);
     let (tenant, other) = (Uuid::new_v4(), Uuid::new_v4());
-    post_batch(&app, tenant, activities(2_500)).await;
+    for _ in 0..25 {
+        post_batch(&app, tenant, activities(100)).await;
+    }
     post_batch(&app, other, activities(300)).await;
     let existing = stored_ids(&app, tenant).await;
     assert_eq!(existing.len(), 2_500);
