@@ -438,6 +438,37 @@ async fn malformed_submissions_get_bilingual_400s() {
 
 /// A scan whose body reaches `ingest.large_scan_body_bytes` is staged in chunks of
 /// `ingest.large_scan_chunk_records`; a smaller one in chunks of `ingest.chunk_records`.
+/// The API promises progress at least every 1,000 records, and a scan's progress advances once
+/// per chunk: with the shipped settings, a scan past `large_scan_body_bytes` too is staged in
+/// chunks of at most 1,000 records.
+#[tokio::test]
+async fn with_default_settings_a_large_scans_progress_advances_every_1000_records() {
+    let app = spawn_app().await;
+    let client = app.db().await;
+    let tenant = app.paused_tenant().await;
+    let body = serde_json::to_vec(&json!({"tenant_id": tenant, "activities": activities(27_000)}))
+        .unwrap();
+    assert!(
+        body.len() >= 8 << 20,
+        "{} bytes: past large_scan_body_bytes",
+        body.len()
+    );
+    let response = app.post_raw("/data-scans", "application/json", body).await;
+    assert_eq!(response.status(), 202);
+    let counts: Vec<i32> = client
+        .query(
+            "SELECT record_count FROM staged_chunks WHERE tenant_id = $1 ORDER BY chunk_id",
+            &[&tenant],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(counts.iter().sum::<i32>(), 27_000);
+    assert!(counts.iter().all(|count| *count <= 1_000), "{counts:?}");
+}
+
 #[tokio::test]
 async fn a_large_scan_is_staged_in_larger_chunks() {
     let app = crate::helpers::spawn_app_with(|settings| {
