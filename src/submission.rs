@@ -782,6 +782,9 @@ mod tests {
                 r#"{{"activity_name":"{name}","pdpl_category":"Category 3: Public Data","data_fields":["a"]}}"#
             )
         };
+        let with_rest = |rest: &str| {
+            format!(r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data",{rest}}}"#)
+        };
         let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
         let records = [
             with_name("raw\u{1}control"),
@@ -795,47 +798,21 @@ mod tests {
             with_name(r"pair \ud83d\ude00 ok"),
             with_name(r"escaped \/ slash"),
             with_name("del \u{7f} and nbsp \u{a0}"),
-            format!(
-                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],"n":1e400}}"#
-            ),
-            format!(
-                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],"n":123456789012345678901234567890}}"#
-            ),
-            format!(
-                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],"n":01}}"#
-            ),
-            format!(
-                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],"n":-}}"#
-            ),
-            format!(
-                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],"n":NaN}}"#
-            ),
-            format!(
-                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],"n":.5}}"#
-            ),
-            format!(
-                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],"n":1.}}"#
-            ),
-            format!(
-                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],"n":tru}}"#
-            ),
-            format!(
-                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":[{deep}]}}"#
-            ),
-            format!(
-                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],"n":{deep}}}"#
-            ),
-            format!(
-                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a",]}}"#
-            ),
-            format!(
-                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"],}}"#
-            ),
-            format!(
-                r#"{{"activity_name":"x","pdpl_category":"Category 3: Public Data","data_fields":["a"] "n":1}}"#
-            ),
-            format!(r#"{{'activity_name':"x"}}"#),
-            format!(r#"{{activity_name:"x"}}"#),
+            with_rest(r#""data_fields":["a"],"n":1e400"#),
+            with_rest(r#""data_fields":["a"],"n":123456789012345678901234567890"#),
+            with_rest(r#""data_fields":["a"],"n":01"#),
+            with_rest(r#""data_fields":["a"],"n":-"#),
+            with_rest(r#""data_fields":["a"],"n":NaN"#),
+            with_rest(r#""data_fields":["a"],"n":.5"#),
+            with_rest(r#""data_fields":["a"],"n":1."#),
+            with_rest(r#""data_fields":["a"],"n":tru"#),
+            with_rest(&format!(r#""data_fields":[{deep}]"#)),
+            with_rest(&format!(r#""data_fields":["a"],"n":{deep}"#)),
+            with_rest(r#""data_fields":["a",]"#),
+            with_rest(r#""data_fields":["a"],"#),
+            with_rest(r#""data_fields":["a"] "n":1"#),
+            r#"{'activity_name':"x"}"#.to_string(),
+            r#"{activity_name:"x"}"#.to_string(),
             "{\"activity_name\":\"x\"\u{0}}".to_string(),
         ];
         for record in &records {

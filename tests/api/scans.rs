@@ -438,6 +438,20 @@ async fn malformed_submissions_get_bilingual_400s() {
 
 /// A scan whose body reaches `ingest.large_scan_body_bytes` is staged in chunks of
 /// `ingest.large_scan_chunk_records`; a smaller one in chunks of `ingest.chunk_records`.
+/// The record counts of a tenant's staged chunks, in staging order.
+async fn staged_record_counts(client: &tokio_postgres::Client, tenant: Uuid) -> Vec<i32> {
+    client
+        .query(
+            "SELECT record_count FROM staged_chunks WHERE tenant_id = $1 ORDER BY chunk_id",
+            &[&tenant],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
 /// The API promises progress at least every 1,000 records, and a scan's progress advances once
 /// per chunk: with the shipped settings, a scan past `large_scan_body_bytes` too is staged in
 /// chunks of at most 1,000 records.
@@ -455,16 +469,7 @@ async fn with_default_settings_a_large_scans_progress_advances_every_1000_record
     );
     let response = app.post_raw("/data-scans", "application/json", body).await;
     assert_eq!(response.status(), 202);
-    let counts: Vec<i32> = client
-        .query(
-            "SELECT record_count FROM staged_chunks WHERE tenant_id = $1 ORDER BY chunk_id",
-            &[&tenant],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let counts = staged_record_counts(&client, tenant).await;
     assert_eq!(counts.iter().sum::<i32>(), 27_000);
     assert!(counts.iter().all(|count| *count <= 1_000), "{counts:?}");
 }
@@ -484,16 +489,7 @@ async fn a_large_scan_is_staged_in_larger_chunks() {
     assert_eq!(app.post_scan(large, activities(1_000)).await.status(), 202);
     assert_eq!(app.post_scan(small, activities(300)).await.status(), 202);
     for (tenant, expected) in [(large, vec![500, 500]), (small, vec![100, 100, 100])] {
-        let chunks: Vec<i32> = client
-            .query(
-                "SELECT record_count FROM staged_chunks WHERE tenant_id = $1 ORDER BY chunk_id",
-                &[&tenant],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let chunks = staged_record_counts(&client, tenant).await;
         assert_eq!(chunks, expected, "tenant {tenant}");
     }
 }
