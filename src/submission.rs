@@ -100,8 +100,9 @@ const IDEMPOTENCY_KEY_MAX_BYTES: usize = 255;
 
 /// How many records a submission may hold, and how many go in a chunk.
 /// The parsing slots of submissions (one per core: parsing is CPU work), and how many
-/// submissions wait for one. While any waits, the writers hold back staged chunks for a moment
-/// (see [`WriterPool::write`](crate::actors::writer::WriterPool::write)): a staged chunk's
+/// submissions wait for one. While any waits, the writers hold back staged chunks, within the
+/// [`HoldBudget`](crate::actors::hold_budget::HoldBudget) (see
+/// [`WriterPool::write`](crate::actors::writer::WriterPool::write)): a staged chunk's
 /// records are already durable, and the cores go first to acknowledging submissions.
 pub struct ParsingSlots {
     slots: tokio::sync::Semaphore,
