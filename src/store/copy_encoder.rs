@@ -113,6 +113,20 @@ pub fn split_tuples(payload: &[u8]) -> Option<Vec<&[u8]>> {
     Some(tuples)
 }
 
+/// Cuts `payload` into runs of at most `per_run` consecutive tuples, given `tuples`, its
+/// tuples as [`split_tuples`] returns them: each run is one contiguous slice of `payload`, and
+/// the runs concatenated are `payload`.
+pub fn tuple_runs<'p>(payload: &'p [u8], tuples: &[&'p [u8]], per_run: usize) -> Vec<&'p [u8]> {
+    let offset = |tuple: &[u8]| tuple.as_ptr() as usize - payload.as_ptr() as usize;
+    tuples
+        .chunks(per_run.max(1))
+        .map(|run| {
+            let (first, last) = (run[0], run[run.len() - 1]);
+            &payload[offset(first)..offset(last) + last.len()]
+        })
+        .collect()
+}
+
 /// The `record_index` field of an encoded tuple (the fourth field).
 pub fn tuple_record_index(tuple: &[u8]) -> Option<i32> {
     let mut position = 2;
@@ -230,6 +244,25 @@ mod tests {
             .collect();
         assert_eq!(indexes, vec![0, 7, 14, 21, 28]);
         assert_eq!(tuples.concat(), payload);
+    }
+
+    #[test]
+    fn tuples_are_cut_into_runs_that_concatenate_to_the_payload() {
+        let mut payload = Vec::new();
+        for index in 0..7 {
+            encode_record(&mut payload, &placement(index), &sample());
+        }
+        let tuples = split_tuples(&payload).unwrap();
+        let runs = tuple_runs(&payload, &tuples, 3);
+        let run_lengths: Vec<usize> = runs
+            .iter()
+            .map(|run| split_tuples(run).unwrap().len())
+            .collect();
+        assert_eq!(run_lengths, vec![3, 3, 1]);
+        assert_eq!(runs.concat(), payload);
+        assert_eq!(tuple_runs(&payload, &tuples, 7), vec![&payload[..]]);
+        assert_eq!(tuple_runs(&payload, &tuples, 1000), vec![&payload[..]]);
+        assert!(tuple_runs(&payload, &[], 3).is_empty());
     }
 
     #[test]
