@@ -5,7 +5,8 @@
 #
 # ENGINE is an engine binary (say target/release/ingest-engine, or a copy of an older build);
 # it starts on a new data directory under /var/tmp with PostgreSQL's settings from
-# config/postgresql.conf, the scenario runs with `--no-psql-copy`, and the printed summary is
+# config/postgresql.conf, the scenario runs with `--no-psql-copy` (after the load test has
+# created the cluster's WAL segment files, unless `--cold-wal` is given), and the printed summary is
 # followed by the engine's admission counters and per-stage submission times from /metrics, the
 # CPU seconds of the engine and of PostgreSQL (the postmaster with every process it started,
 # exited ones included) over the run, and PostgreSQL's WAL and autovacuum figures (the

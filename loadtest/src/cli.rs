@@ -73,6 +73,11 @@ pub struct GlobalOptions {
     /// Run only the binary-COPY baseline, not `psql`'s `\copy`.
     #[arg(long, global = true)]
     pub no_psql_copy: bool,
+    /// Do not create the cluster's WAL segment files before the scenarios (see
+    /// `database::prepare_wal_segments`): measure a fresh cluster's first gigabytes of WAL,
+    /// which cost whatever part of a scenario runs first.
+    #[arg(long, global = true)]
+    pub cold_wal: bool,
 }
 
 #[derive(Subcommand, Debug, Clone, Serialize)]

@@ -96,6 +96,45 @@ pub async fn connect(database_url: &str) -> Result<Client, String> {
     Ok(client)
 }
 
+/// Makes the cluster's WAL segment files exist before a scenario, as they do on a cluster that
+/// has run for a while: switches to a new segment `max_wal_size` / segment size times (each
+/// switch creates the next file, zero-filled, as PostgreSQL does), then checkpoints, which
+/// keeps the passed files for reuse (up to `max_wal_size`, from the distance just written).
+/// Without this, a scenario on a fresh cluster charges the creation of its first gigabytes of
+/// WAL to whatever runs first (the engine), and the baseline after it reuses those files.
+/// Needs a role allowed to run `pg_switch_wal()` and `CHECKPOINT` (the private cluster's
+/// superuser). Returns the number of segment switches.
+pub async fn prepare_wal_segments(database_url: &str) -> Result<u64, String> {
+    let client = connect(database_url).await?;
+    let row = client
+        .query_one(
+            "SELECT (SELECT setting::bigint FROM pg_settings WHERE name = 'max_wal_size'), \
+                    (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')",
+            &[],
+        )
+        .await
+        .map_err(|error| format!("cannot read the WAL settings: {error}"))?;
+    // max_wal_size is in megabytes, wal_segment_size in bytes.
+    let (max_wal_megabytes, segment_bytes): (i64, i64) = (row.get(0), row.get(1));
+    let switches = (max_wal_megabytes * 1024 * 1024 / segment_bytes.max(1)).max(0) as u64;
+    for _ in 0..switches {
+        // A switch needs WAL written since the last one: a transaction id's commit is some.
+        client
+            .batch_execute("SELECT txid_current()")
+            .await
+            .map_err(|error| format!("cannot write WAL: {error}"))?;
+        client
+            .batch_execute("SELECT pg_switch_wal()")
+            .await
+            .map_err(|error| format!("cannot switch WAL segments: {error}"))?;
+    }
+    client
+        .batch_execute("CHECKPOINT")
+        .await
+        .map_err(|error| format!("cannot checkpoint: {error}"))?;
+    Ok(switches)
+}
+
 impl Verification {
     /// A verification of `expected_rows` that has not (or could not) run: it does not pass.
     pub fn not_passed(

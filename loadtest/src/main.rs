@@ -71,6 +71,7 @@ async fn run(cli: Cli) -> ExitCode {
         ],
         single => vec![single.clone()],
     };
+    let wal_segments = prepare_wal(&context).await;
     let mut all_passed = true;
     for scenario in &scenarios {
         let scenario_context = Context {
@@ -87,6 +88,7 @@ async fn run(cli: Cli) -> ExitCode {
             cores: std::thread::available_parallelism().map_or(1, |cores| cores.get()),
             load_average_before,
             load_average_after: report::load_average(),
+            wal_segments: wal_segments.clone(),
         });
         report.print_summary();
         match report.write(&context.global.report_dir) {
@@ -110,6 +112,32 @@ async fn run(cli: Cli) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Creates the cluster's WAL segment files unless `--cold-wal` (see
+/// [`database::prepare_wal_segments`]); prints and returns what was done, for the reports.
+async fn prepare_wal(context: &Context) -> String {
+    if context.global.cold_wal {
+        println!(
+            "WAL segment files: left as found (--cold-wal) / Tệp WAL: giữ nguyên (--cold-wal)"
+        );
+        return "left as found (--cold-wal)".to_string();
+    }
+    let started = std::time::Instant::now();
+    match database::prepare_wal_segments(&context.database_url).await {
+        Ok(switches) => {
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "WAL segment files: {switches} created before the scenarios in {seconds:.1} s / \
+                 Tệp WAL: đã tạo {switches} tệp trước các kịch bản trong {seconds:.1} giây"
+            );
+            format!("{switches} created before the scenarios")
+        }
+        Err(error) => {
+            eprintln!("note: WAL segment files not prepared: {error}");
+            format!("not prepared: {error}")
+        }
     }
 }
 

@@ -72,6 +72,9 @@ pub struct MachineReport {
     /// `/proc/loadavg` (1, 5 and 15 minutes) just before and just after the scenario.
     pub load_average_before: String,
     pub load_average_after: String,
+    /// Whether the cluster's WAL segment files were created before the scenarios
+    /// (`--cold-wal` leaves them as found).
+    pub wal_segments: String,
 }
 
 /// `/proc/loadavg`'s three averages, or a note that it could not be read.
