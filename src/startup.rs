@@ -90,6 +90,7 @@ impl Application {
             admission: crate::http::admission::AdmissionControl::new(
                 settings.ingest.admission_budget_bytes,
             ),
+            bodies: Arc::new(crate::memory::BodyBuffers::new(parsing.slot_count())),
             parsing,
             instance_id: instance_id.clone(),
             forwarding: reqwest::Client::builder()
@@ -215,8 +216,19 @@ impl Application {
             // At once: deliveries left due by a previous run go out first.
             jobs.spawn(deliveries, Duration::ZERO),
         ];
+        let body_buffers = tokio::spawn({
+            let bodies = self.state.bodies.clone();
+            async move {
+                let mut ticker = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    ticker.tick().await;
+                    bodies.drop_idle();
+                }
+            }
+        });
         shutdown.await;
         sampler.abort();
+        body_buffers.abort();
         // Maintenance finishes its current pass, webhook attempts in flight finish, the
         // ownership pass and the listener stop, all before the engine drains.
         jobs.stop();

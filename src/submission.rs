@@ -106,6 +106,7 @@ const IDEMPOTENCY_KEY_MAX_BYTES: usize = 255;
 /// records are already durable, and the cores go first to acknowledging submissions.
 pub struct ParsingSlots {
     slots: tokio::sync::Semaphore,
+    slot_count: usize,
     waiting: std::sync::atomic::AtomicUsize,
 }
 
@@ -113,6 +114,7 @@ impl ParsingSlots {
     pub fn new(slots: usize) -> std::sync::Arc<ParsingSlots> {
         std::sync::Arc::new(ParsingSlots {
             slots: tokio::sync::Semaphore::new(slots.max(1)),
+            slot_count: slots.max(1),
             waiting: std::sync::atomic::AtomicUsize::new(0),
         })
     }
@@ -140,6 +142,11 @@ impl ParsingSlots {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _waiting = Waiting(&self.waiting);
         self.slots.acquire().await
+    }
+
+    /// How many submissions are parsed at once at most.
+    pub fn slot_count(&self) -> usize {
+        self.slot_count
     }
 
     /// Submissions waiting for a slot now.

@@ -240,7 +240,7 @@ async fn submit_scan_inner(
     let mut admitted = admit(&state, body.declared_length_opt(), limit).await?;
     *waited = admitted.waited;
     stages.lap("admission_wait");
-    let body = body.read(limit).await?;
+    let body = body.read(limit, &state.bodies).await?;
     stages.lap("body_read");
     let ingest = &state.settings.ingest;
     let chunk_records = if body.len() as u64 >= ingest.large_scan_body_bytes {
@@ -249,9 +249,12 @@ async fn submit_scan_inner(
         ingest.chunk_records
     };
     let max_records = ingest.max_scan_records;
+    let bodies = state.bodies.clone();
     let prepared: PreparedScan =
         parse_off_request_threads(&state, "parsing the scan stopped unexpectedly", move || {
-            submission::prepare_scan(&body, max_records, chunk_records)
+            let prepared = submission::prepare_scan(&body, max_records, chunk_records);
+            bodies.give_back(body);
+            prepared
         })
         .await??;
     // The body is gone: the scan now holds its chunks, and staging a copy of them.
@@ -578,7 +581,7 @@ async fn submit_batch_inner(
     let mut admitted = admit(&state, body.declared_length_opt(), limit).await?;
     *waited = admitted.waited;
     stages.lap("admission_wait");
-    let body = body.read(limit).await?;
+    let body = body.read(limit, &state.bodies).await?;
     stages.lap("body_read");
     // The tenant's actor, which paces and writes it, runs on its owner: a batch that reached
     // another instance goes there, once (a forwarded batch is handled where it arrives).
@@ -596,10 +599,15 @@ async fn submit_batch_inner(
         state.settings.ingest.max_batch_records,
         state.settings.ingest.chunk_records,
     );
+    let bodies = state.bodies.clone();
     let encoded = parse_off_request_threads(
         &state,
         "parsing the batch stopped unexpectedly",
-        move || submission::prepare_batch(&body, tenant_id, max_records, chunk_records),
+        move || {
+            let encoded = submission::prepare_batch(&body, tenant_id, max_records, chunk_records);
+            bodies.give_back(body);
+            encoded
+        },
     )
     .await??;
     // The body is gone: the batch now holds its chunks until they are written.

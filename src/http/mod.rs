@@ -36,6 +36,7 @@ use self::headers::{header_text, HeaderText};
 use crate::actors::Engine;
 use crate::config::Settings;
 use crate::domain::client_text;
+use crate::memory::BodyBuffers;
 use crate::store::{Pool, ReadPool};
 
 /// What every handler may use.
@@ -56,6 +57,8 @@ pub struct AppState {
     pub admission: Arc<admission::AdmissionControl>,
     /// One permit per core: submissions parsed at once.
     pub parsing: Arc<crate::submission::ParsingSlots>,
+    /// Buffers of large submission bodies, kept between submissions.
+    pub bodies: Arc<crate::memory::BodyBuffers>,
     /// This instance's id among the instances sharing the database.
     pub instance_id: String,
     /// Forwards a synchronous batch to the instance that owns its tenant.
@@ -769,7 +772,7 @@ pub async fn read_json_body(
 ) -> Result<Bytes, ApiError> {
     check_body_headers(&content_type, &content_length, limit)?;
     let declared_opt = declared_length(&content_length);
-    collect_body(body, declared_opt, limit).await
+    collect_body(body, declared_opt, limit, None).await
 }
 
 /// A submission's body, not yet read: it is read only once the submission is admitted.
@@ -801,11 +804,12 @@ impl PendingBody {
         declared_length(&self.content_length)
     }
 
-    /// Checks the headers, then reads at most `limit` bytes.
-    pub async fn read(self, limit: u64) -> Result<Bytes, ApiError> {
+    /// Checks the headers, then reads at most `limit` bytes, into a buffer from `buffers`
+    /// (give it back there once the body is parsed).
+    pub async fn read(self, limit: u64, buffers: &BodyBuffers) -> Result<Bytes, ApiError> {
         check_body_headers(&self.content_type, &self.content_length, limit)?;
         let declared_opt = self.declared_length_opt();
-        collect_body(self.stream, declared_opt, limit).await
+        collect_body(self.stream, declared_opt, limit, Some(buffers)).await
     }
 }
 
@@ -877,10 +881,17 @@ async fn collect_body(
     mut body: impl Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
     declared_length_opt: Option<u64>,
     limit: u64,
+    buffers_opt: Option<&BodyBuffers>,
 ) -> Result<Bytes, ApiError> {
-    let capacity = declared_length_opt.unwrap_or(0).min(limit);
-    let mut collected = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
-    crate::memory::advise_huge_pages(collected.spare_capacity_mut());
+    let capacity = usize::try_from(declared_length_opt.unwrap_or(0).min(limit)).unwrap_or(0);
+    let mut collected = match buffers_opt {
+        Some(buffers) => buffers.take(capacity),
+        None => {
+            let mut fresh = BytesMut::with_capacity(capacity);
+            crate::memory::advise_huge_pages(fresh.spare_capacity_mut());
+            fresh
+        }
+    };
     while let Some(part) = body.next().await {
         let mut part = part.map_err(|_| {
             ApiError::bad_request(
