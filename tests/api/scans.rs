@@ -493,3 +493,78 @@ async fn a_large_scan_is_staged_in_larger_chunks() {
         assert_eq!(chunks, expected, "tenant {tenant}");
     }
 }
+
+/// Scan bodies of 1 to 16 MiB are read into buffers kept from earlier bodies
+/// (`memory::BodyBuffers`): one after another, each body must be read whole and alone, with
+/// nothing of the body before it.
+#[tokio::test]
+async fn consecutive_large_scans_are_each_stored_exactly_as_sent() {
+    let app = spawn_app().await;
+    let (first_tenant, second_tenant) = (Uuid::new_v4(), Uuid::new_v4());
+    let first = activities(6_000);
+    let second: Vec<Value> = (0..4_000)
+        .map(|index| {
+            json!({
+                "activity_name": format!("Chăm sóc khách hàng {index}"),
+                "pdpl_category": "Category 1: Sensitive Personal Data",
+                "data_fields": ["số điện thoại", "địa chỉ thường trú", "lịch sử giao dịch"],
+                "purpose": "Hỗ trợ khách hàng qua tổng đài và ứng dụng di động",
+            })
+        })
+        .collect();
+    // Both kept-buffer sized, the second smaller: it is read into the first one's buffer.
+    let size = |tenant: Uuid, records: &Vec<Value>| {
+        serde_json::to_vec(&json!({"tenant_id": tenant, "activities": records}))
+            .unwrap()
+            .len()
+    };
+    let (first_size, second_size) = (size(first_tenant, &first), size(second_tenant, &second));
+    assert!(
+        first_size > second_size && second_size > 1 << 20,
+        "{first_size} {second_size}"
+    );
+    let mut scans = Vec::new();
+    for (tenant, records) in [(first_tenant, first), (second_tenant, second)] {
+        let response = app.post_scan(tenant, records).await;
+        scans.push((tenant, accepted_scan_id(response).await));
+    }
+    for (tenant, scan_id) in &scans {
+        let scan = app.wait_for_scan(*tenant, scan_id, COMPLETION).await;
+        assert_eq!(scan["status"], "completed", "{scan}");
+    }
+    let db = app.db().await;
+    let names = |tenant: Uuid, prefix: &'static str| {
+        let db = &db;
+        async move {
+            db.query_one(
+                "SELECT count(*), count(DISTINCT record_index), \
+                        count(*) FILTER (WHERE activity_name LIKE $2 || '%' \
+                            AND activity_name = $2 || record_index) \
+                 FROM processing_activities WHERE tenant_id = $1",
+                &[&tenant, &prefix],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let row = names(first_tenant, "Quản lý hồ sơ nhân sự ").await;
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2)
+        ),
+        (6_000, 6_000, 6_000)
+    );
+    let row = names(second_tenant, "Chăm sóc khách hàng ").await;
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2)
+        ),
+        (4_000, 4_000, 4_000)
+    );
+    app.assert_activity_counts_are_exact().await;
+    app.stop().await;
+}
