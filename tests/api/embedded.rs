@@ -50,6 +50,20 @@ async fn a_cluster_is_initialised_once_and_reused_with_its_data() {
         .unwrap()
         .get(0);
     assert_eq!(listen, "127.0.0.1");
+    // Its processes keep their heaps between statements (glibc thresholds in its environment).
+    let postmaster_pid = std::fs::read_to_string(data_dir.join("postmaster.pid")).unwrap();
+    let postmaster_pid = postmaster_pid.lines().next().unwrap();
+    let environment = std::fs::read(format!("/proc/{postmaster_pid}/environ")).unwrap();
+    let variables: Vec<&[u8]> = environment.split(|byte| *byte == 0).collect();
+    for expected in [
+        &b"MALLOC_MMAP_THRESHOLD_=4194304"[..],
+        b"MALLOC_TRIM_THRESHOLD_=33554432",
+    ] {
+        assert!(
+            variables.contains(&expected),
+            "the server's environment lacks {expected:?}"
+        );
+    }
     drop(client);
     tokio::task::spawn_blocking(move || first.stop())
         .await
