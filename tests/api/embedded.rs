@@ -61,7 +61,8 @@ async fn a_cluster_is_initialised_once_and_reused_with_its_data() {
     ] {
         assert!(
             variables.contains(&expected),
-            "the server's environment lacks {expected:?}"
+            "the server's environment lacks {}",
+            String::from_utf8_lossy(expected)
         );
     }
     drop(client);
