@@ -45,6 +45,10 @@ const KEPT_BODY_MIN_BYTES: usize = 1 << 20;
 /// engine's memory grows by at most `max_kept` times this.
 const KEPT_BODY_MAX_BYTES: usize = 16 << 20;
 
+/// The sizes of buffers that may be kept are rounded up to a multiple of this: at most this
+/// much of a body's buffer is beyond its declared length, outside the admission budget.
+const KEPT_BODY_GRAIN_BYTES: usize = 256 << 10;
+
 /// A kept buffer unused this long is returned to the system.
 pub const KEPT_BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -76,9 +80,14 @@ impl BodyBuffers {
     }
 
     /// An empty buffer of at least `capacity` bytes: the smallest kept one that is large
-    /// enough, else a new one (on huge pages where offered).
+    /// enough, else a new one (on huge pages where offered). A buffer that may be kept is made
+    /// a whole number of [`KEPT_BODY_GRAIN_BYTES`] long: bodies of one kind differ by a few
+    /// bytes, and a buffer sized to the byte would fit the next body only when that body is
+    /// no larger.
     pub fn take(&self, capacity: usize) -> bytes::BytesMut {
+        let mut capacity = capacity;
         if (KEPT_BODY_MIN_BYTES..=KEPT_BODY_MAX_BYTES).contains(&capacity) {
+            capacity = capacity.next_multiple_of(KEPT_BODY_GRAIN_BYTES);
             let mut kept = self.lock();
             let smallest_fitting = kept
                 .iter()
@@ -167,6 +176,22 @@ mod tests {
         assert_eq!(buffers.kept_bytes(), 0, "small bodies are not kept");
         buffers.give_back(body_of(&buffers, KEPT_BODY_MAX_BYTES + 1));
         assert_eq!(buffers.kept_bytes(), 0, "the largest bodies are not kept");
+    }
+
+    #[test]
+    fn bodies_a_few_bytes_apart_share_a_kept_buffer() {
+        let buffers = BodyBuffers::new(2);
+        let body = body_of(&buffers, 5 * MIB + 100);
+        assert_eq!(body.len(), 5 * MIB + 100);
+        let address = body.as_ptr();
+        buffers.give_back(body);
+        let larger = buffers.take(5 * MIB + 4_000);
+        assert_eq!(
+            larger.as_ptr(),
+            address,
+            "a body 3,900 bytes larger fits the kept buffer"
+        );
+        assert!(larger.capacity() < 5 * MIB + KEPT_BODY_GRAIN_BYTES + 100);
     }
 
     #[test]
