@@ -287,7 +287,8 @@ impl WriteConnection {
                 payload,
                 record_count,
             } => {
-                let ((), fenced) = tokio::try_join!(client.batch_execute("BEGIN"), fenced)?;
+                let ((), fenced) =
+                    try_join_pipelined!(begun = client.batch_execute("BEGIN"), fenced = fenced)?;
                 if fenced {
                     return Err(StoreError::Fenced);
                 }
@@ -295,10 +296,10 @@ impl WriteConnection {
             }
             ChunkSource::Staged { chunk_id } => {
                 let parameters: [&(dyn ToSql + Sync); 2] = [&tenant_id.0, chunk_id];
-                let ((), fenced, row_opt) = tokio::try_join!(
-                    client.batch_execute("BEGIN"),
-                    fenced,
-                    client.query_opt(&self.take_staged, &parameters),
+                let ((), fenced, row_opt) = try_join_pipelined!(
+                    begun = client.batch_execute("BEGIN"),
+                    fenced = fenced,
+                    taken = client.query_opt(&self.take_staged, &parameters),
                 )?;
                 if fenced {
                     return Err(StoreError::Fenced);

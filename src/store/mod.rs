@@ -10,6 +10,24 @@
 //! role, inside a transaction that names its tenant ([`reads`]); row-level security then hides
 //! every other tenant's rows even from a query that forgot to filter.
 
+/// Awaits statements pipelined on one connection, like `tokio::try_join!`, but reports the
+/// failure's cause: once a statement fails, PostgreSQL answers every statement behind it in the
+/// transaction "current transaction is aborted" (SQLSTATE 25P02), and which answer a
+/// short-circuiting join sees first depends on the order it polls. This one waits for every
+/// answer (they come at once after a failure) and returns the first error that is not 25P02.
+/// Each future is named: `try_join_pipelined!(a = first, b = second)`.
+macro_rules! try_join_pipelined {
+    ($($name:ident = $future:expr),+ $(,)?) => {{
+        let ($($name,)+) = tokio::join!($($future),+);
+        match ($($name,)+) {
+            ($(Ok($name),)+) => Ok::<_, $crate::store::StoreError>(($($name,)+)),
+            ($($name,)+) => Err($crate::store::pipeline_cause([
+                $($name.err().map($crate::store::StoreError::from)),+
+            ])),
+        }
+    }};
+}
+
 pub mod audit_log;
 pub mod chunk_writes;
 pub mod connections;
@@ -116,6 +134,24 @@ impl StoreError {
         }
     }
 }
+
+/// The error [`try_join_pipelined!`] reports: the first that is not "current transaction is
+/// aborted", or the first of all when every one is.
+pub(crate) fn pipeline_cause(errors: impl IntoIterator<Item = Option<StoreError>>) -> StoreError {
+    let mut errors = errors.into_iter().flatten();
+    let first = errors
+        .next()
+        .expect("pipeline_cause is called with at least one error");
+    if first.sqlstate_opt() != Some(IN_FAILED_TRANSACTION) {
+        return first;
+    }
+    errors
+        .find(|error| error.sqlstate_opt() != Some(IN_FAILED_TRANSACTION))
+        .unwrap_or(first)
+}
+
+/// SQLSTATE of a statement sent into a transaction an earlier statement already failed.
+const IN_FAILED_TRANSACTION: &str = "25P02";
 
 /// What a failure means to whoever asked: try again, or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -178,11 +178,11 @@ pub async fn stage_scan(
     ];
     let tenant_parameter: [&(dyn ToSql + Sync); 1] = [&tenant_uuid];
     let lookup_parameters: [&(dyn ToSql + Sync); 2] = [&tenant_uuid, &key_opt];
-    let (_, tenant, existing_opt, backlog_row) = tokio::try_join!(
-        transaction.execute(&ensure, &ensure_parameters),
-        transaction.query_one(&lock, &tenant_parameter),
-        transaction.query_opt(&lookup, &lookup_parameters),
-        transaction.query_one(&sum_backlog, &tenant_parameter),
+    let (_, tenant, existing_opt, backlog_row) = try_join_pipelined!(
+        ensured = transaction.execute(&ensure, &ensure_parameters),
+        tenant = transaction.query_one(&lock, &tenant_parameter),
+        existing = transaction.query_opt(&lookup, &lookup_parameters),
+        backlog = transaction.query_one(&sum_backlog, &tenant_parameter),
     )?;
 
     if let (Some(existing), Some(key)) = (existing_opt, &new_scan.idempotency_key_opt) {
@@ -247,8 +247,8 @@ pub async fn stage_scan(
     // The scan, its audit entry, its chunks, and the notification that tells the tenant's
     // owner (on whichever instance) of the work at the commit.
     let tenant_text = tenant_uuid.to_string();
-    let (scan_row, (), rows, _) = tokio::try_join!(
-        async {
+    let (scan_row, (), rows, _) = try_join_pipelined!(
+        scan = async {
             transaction
                 .query_one(
                     &insert_scan,
@@ -265,26 +265,45 @@ pub async fn stage_scan(
                 .await
                 .map_err(StoreError::from)
         },
-        super::audit_log::record_prepared(&transaction, &record_audit, &new_scan.accepted_event),
-        futures_util::future::try_join_all(groups.iter().map(|(record_counts, payloads)| {
-            let (transaction, insert_chunks) = (&transaction, &insert_chunks);
-            async move {
-                transaction
-                    .query(
-                        insert_chunks,
-                        &[
-                            &tenant_uuid,
-                            &new_scan.scan_id,
-                            &new_scan.priority.rank(),
-                            record_counts,
-                            payloads,
-                        ],
-                    )
-                    .await
-                    .map_err(StoreError::from)
+        audited = super::audit_log::record_prepared(
+            &transaction,
+            &record_audit,
+            &new_scan.accepted_event
+        ),
+        chunk_rows = async {
+            let answers =
+                futures_util::future::join_all(groups.iter().map(|(record_counts, payloads)| {
+                    let (transaction, insert_chunks) = (&transaction, &insert_chunks);
+                    async move {
+                        transaction
+                            .query(
+                                insert_chunks,
+                                &[
+                                    &tenant_uuid,
+                                    &new_scan.scan_id,
+                                    &new_scan.priority.rank(),
+                                    record_counts,
+                                    payloads,
+                                ],
+                            )
+                            .await
+                    }
+                }))
+                .await;
+            let (mut rows, mut errors) = (Vec::new(), Vec::new());
+            for answer in answers {
+                match answer {
+                    Ok(group_rows) => rows.push(group_rows),
+                    Err(error) => errors.push(Some(StoreError::from(error))),
+                }
             }
-        })),
-        async {
+            if errors.is_empty() {
+                Ok(rows)
+            } else {
+                Err(super::pipeline_cause(errors))
+            }
+        },
+        notified = async {
             transaction
                 .execute(&notify, &[&tenant_text])
                 .await

@@ -170,6 +170,52 @@ async fn a_poison_record_in_a_batch_is_reported_and_the_rest_committed() {
     app.stop().await;
 }
 
+/// A scan is staged by several statements sent together (the scan, its audit entry, its chunks
+/// in groups, the owner's notification), and PostgreSQL answers every statement behind a
+/// failed one "current transaction is aborted": the client still gets the failure's own cause
+/// (here a data exception, so 422 with its SQLSTATE), whichever statement failed, and nothing
+/// of the scan is stored.
+#[tokio::test]
+async fn a_failing_staging_statement_reports_its_own_cause() {
+    let app = spawn_app().await;
+    // One tenant's scans are refused as the scan row is inserted (the first statement), the
+    // other's at the last chunk (of a 40,500-record scan, the only one of 500 records).
+    let (refused_scan, refused_chunk) = (Uuid::new_v4(), Uuid::new_v4());
+    app.db()
+        .await
+        .batch_execute(&format!(
+            "CREATE FUNCTION refuse_for_the_test() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN RAISE EXCEPTION 'refused for the test' USING ERRCODE = 'invalid_parameter_value'; END $$; \
+             CREATE TRIGGER refuse_scan BEFORE INSERT ON scans FOR EACH ROW \
+             WHEN (NEW.tenant_id = '{refused_scan}') EXECUTE FUNCTION refuse_for_the_test(); \
+             CREATE TRIGGER refuse_last_chunk BEFORE INSERT ON staged_chunks FOR EACH ROW \
+             WHEN (NEW.tenant_id = '{refused_chunk}' AND NEW.record_count = 500) \
+             EXECUTE FUNCTION refuse_for_the_test();"
+        ))
+        .await
+        .unwrap();
+    for (tenant, records, submissions) in [
+        (refused_scan, activities(1_000), 8),
+        (refused_chunk, activities(40_500), 2),
+    ] {
+        for _ in 0..submissions {
+            let response = app.post_scan(tenant, records.clone()).await;
+            let body = assert_error(response, 422, "refused_by_database").await;
+            assert_eq!(body["details"]["sqlstate"], "22023", "{body}");
+        }
+        for table in ["scans", "staged_chunks", "audit_log"] {
+            let stored = app
+                .count(
+                    &format!("SELECT count(*) FROM {table} WHERE tenant_id = $1"),
+                    &[&tenant],
+                )
+                .await;
+            assert_eq!(stored, 0, "{table}");
+        }
+    }
+    app.stop().await;
+}
+
 /// PostgreSQL restarts in the middle of an ingestion: every scan still completes with exact
 /// counts, and the writers were restarted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
