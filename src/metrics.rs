@@ -21,6 +21,7 @@ pub const HTTP_REQUEST_DURATION: &str = "ingest_http_request_duration_seconds";
 pub const CHUNK_WRITE_DURATION: &str = "ingest_chunk_write_duration_seconds";
 pub const SUBMISSION_STAGE_DURATION: &str = "ingest_submission_stage_duration_seconds";
 pub const CHUNK_STAGE_DURATION: &str = "ingest_chunk_stage_duration_seconds";
+pub const CHUNKS_PER_TRANSACTION: &str = "ingest_writer_chunks_per_transaction";
 pub const COPY_ROWS_PER_SECOND: &str = "ingest_copy_rows_per_second";
 pub const BACKLOG_RECORDS: &str = "ingest_backlog_records";
 pub const TENANT_BACKLOG_RECORDS: &str = "ingest_tenant_backlog_records";
@@ -61,6 +62,8 @@ pub const TOP_TENANTS: usize = 10;
 const CHUNK_WRITE_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+/// A writer's transaction holds one chunk, or up to four staged chunks of different tenants.
+const CHUNKS_PER_TRANSACTION_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0];
 const HTTP_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
@@ -119,6 +122,12 @@ pub fn install() -> PrometheusHandle {
                     Matcher::Full(CHUNK_WRITE_DURATION.into()),
                     CHUNK_WRITE_BUCKETS,
                 )
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full(CHUNKS_PER_TRANSACTION.into()),
+                        CHUNKS_PER_TRANSACTION_BUCKETS,
+                    )
+                })
                 .and_then(|builder| {
                     builder.set_buckets_for_metric(
                         Matcher::Full(HTTP_REQUEST_DURATION.into()),
@@ -194,7 +203,14 @@ fn describe() {
     describe_histogram!(
         CHUNK_WRITE_DURATION,
         Unit::Seconds,
-        "Duration of one chunk's write transaction."
+        "Duration of the write transaction of each chunk (one transaction may hold several \
+         chunks, see ingest_writer_chunks_per_transaction)."
+    );
+    describe_histogram!(
+        CHUNKS_PER_TRANSACTION,
+        Unit::Count,
+        "Chunks a writer applied in one transaction: one, or up to four staged chunks of \
+         different tenants that were waiting together."
     );
     describe_histogram!(
         SUBMISSION_STAGE_DURATION,
@@ -205,13 +221,13 @@ fn describe() {
     describe_histogram!(
         CHUNK_STAGE_DURATION,
         Unit::Seconds,
-        "Time of each stage of a chunk's write transaction, by stage (fetch: take the staged \
-         chunk and decompress it; copy; finish: advance the scan and commit)."
+        "Time of each stage of a writer's transaction, by stage (fetch: take the staged \
+         chunks and decompress them; copy; finish: advance the scans and commit)."
     );
     describe_gauge!(
         COPY_ROWS_PER_SECOND,
         Unit::CountPerSecond,
-        "Rows per second of the latest chunk's COPY."
+        "Rows per second of the latest write transaction."
     );
     describe_gauge!(
         BACKLOG_RECORDS,

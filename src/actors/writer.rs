@@ -32,7 +32,9 @@ use super::backoff::backoff;
 use super::hold_budget::HoldBudget;
 use super::messages::WriteChunk;
 use crate::domain::{Priority, Region};
-use crate::store::chunk_writes::{ChunkOutcome, ChunkSource, WriteConnection};
+use crate::store::chunk_writes::{
+    ChunkOutcome, ChunkSource, ChunkToApply, WriteConnection, SHARED_TRANSACTION_CHUNKS,
+};
 use crate::store::StoreError;
 
 /// A writer's mailbox holds at most one chunk: chunks wait at the pool's gate, which hands a
@@ -168,7 +170,7 @@ impl Actor for Writer {
     }
 }
 
-/// One observation per chunk: duration, rows per second, records written and dead-lettered,
+/// One observation per chunk: its transaction's duration, records written and dead-lettered,
 /// and the scan it finished.
 fn record_chunk_metrics(
     elapsed: Duration,
@@ -182,10 +184,6 @@ fn record_chunk_metrics(
         return;
     }
     metrics::histogram!(crate::metrics::CHUNK_WRITE_DURATION).record(elapsed.as_secs_f64());
-    if elapsed > Duration::ZERO && outcome.written > 0 {
-        metrics::gauge!(crate::metrics::COPY_ROWS_PER_SECOND)
-            .set(outcome.written as f64 / elapsed.as_secs_f64());
-    }
     let region = region.as_str();
     metrics::counter!(crate::metrics::RECORDS_WRITTEN, "region" => region)
         .increment(outcome.written);
@@ -210,16 +208,32 @@ impl Supervised for Writer {
     }
 }
 
-impl Handler<WriteChunk> for Writer {
-    type Result = AtomicResponse<Self, Result<ChunkOutcome, StoreError>>;
+/// Writer pool → writer: apply these chunks; one outcome per chunk, in order. Several chunks
+/// are staged chunks of different tenants, which share one transaction (see
+/// [`WriteConnection::apply_chunks`]).
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<Result<ChunkOutcome, StoreError>>")]
+struct WriteChunks(Vec<WriteChunk>);
 
-    /// Atomic: the mailbox waits while a chunk is written, so the connection serves one
+/// `count` failures that say nothing was written and the chunks may be sent again.
+fn unavailable(count: usize) -> Vec<Result<ChunkOutcome, StoreError>> {
+    (0..count)
+        .map(|_| Err(StoreError::WriterUnavailable))
+        .collect()
+}
+
+impl Handler<WriteChunks> for Writer {
+    type Result = AtomicResponse<Self, Vec<Result<ChunkOutcome, StoreError>>>;
+
+    /// Atomic: the mailbox waits while chunks are written, so the connection serves one
     /// transaction at a time.
-    fn handle(&mut self, message: WriteChunk, _context: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, message: WriteChunks, _context: &mut Context<Self>) -> Self::Result {
+        let WriteChunks(chunks) = message;
+        let count = chunks.len();
         let connection_opt = self.connection_opt.take();
         let database = self.database.clone();
         let scan_finished = self.scan_finished.clone();
-        // While reconnecting keeps failing, the chunk waits out the backoff here.
+        // While reconnecting keeps failing, the chunks wait out the backoff here.
         let connect_delay = self.next_connect_opt.map_or(Duration::ZERO, |at| {
             at.saturating_duration_since(Instant::now())
         });
@@ -230,40 +244,66 @@ impl Handler<WriteChunk> for Writer {
                     tokio::time::sleep(connect_delay).await;
                     match WriteConnection::open(&database).await {
                         Ok(connection) => (connection, ConnectAttempt::Opened),
-                        Err(error) => return (Err(error), None, ConnectAttempt::Failed),
+                        Err(error) => {
+                            // The first chunk carries the cause; the others are simply sent
+                            // again.
+                            let mut outcomes = vec![Err(error)];
+                            outcomes.extend(unavailable(count - 1));
+                            return (outcomes, None, ConnectAttempt::Failed);
+                        }
                     }
                 }
             };
             let started = Instant::now();
-            let outcome = connection
-                .apply_chunk(message.tenant_id, &message.source, Some(&message.fence))
-                .await;
-            record_chunk_metrics(started.elapsed(), message.region, &outcome);
-            if matches!(&outcome, Ok(chunk) if chunk.finished_scan_opt.is_some()) {
+            let to_apply: Vec<ChunkToApply<'_>> = chunks
+                .iter()
+                .map(|chunk| ChunkToApply {
+                    tenant_id: chunk.tenant_id,
+                    source: &chunk.source,
+                    fence_opt: Some(&chunk.fence),
+                })
+                .collect();
+            let outcomes = connection.apply_chunks(&to_apply).await;
+            let elapsed = started.elapsed();
+            metrics::histogram!(crate::metrics::CHUNKS_PER_TRANSACTION).record(count as f64);
+            let written: u64 = outcomes
+                .iter()
+                .filter_map(|outcome| outcome.as_ref().ok())
+                .map(|outcome| outcome.written)
+                .sum();
+            if elapsed > Duration::ZERO && written > 0 {
+                metrics::gauge!(crate::metrics::COPY_ROWS_PER_SECOND)
+                    .set(written as f64 / elapsed.as_secs_f64());
+            }
+            for (chunk, outcome) in chunks.iter().zip(&outcomes) {
+                record_chunk_metrics(elapsed, chunk.region, outcome);
+            }
+            if outcomes
+                .iter()
+                .any(|outcome| matches!(outcome, Ok(chunk) if chunk.finished_scan_opt.is_some()))
+            {
                 scan_finished.notify_one();
             }
-            (outcome, Some(connection), attempt)
+            (outcomes, Some(connection), attempt)
         };
         // A panic while writing must not take the actor system down: it becomes a retryable
         // failure, the connection (in an unknown state) is dropped, and the writer restarts.
-        let work = AssertUnwindSafe(work).catch_unwind().map(|result| {
+        let work = AssertUnwindSafe(work).catch_unwind().map(move |result| {
             result.unwrap_or_else(|_| {
-                tracing::error!("writer panicked while writing a chunk; dropping its connection");
-                (
-                    Err(StoreError::WriterUnavailable),
-                    None,
-                    ConnectAttempt::None,
-                )
+                tracing::error!("writer panicked while writing chunks; dropping its connection");
+                (unavailable(count), None, ConnectAttempt::None)
             })
         });
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
-            |(outcome, connection_opt, attempt), writer, _context| {
-                writer.counters.queued.fetch_sub(1, Ordering::Relaxed);
-                writer.after_connect_attempt(attempt, outcome.as_ref().err());
-                let connection_failed = outcome
-                    .as_ref()
-                    .err()
-                    .is_some_and(StoreError::is_connection_failure);
+            |(outcomes, connection_opt, attempt), writer, _context| {
+                let first_error_opt = outcomes.iter().find_map(|outcome| outcome.as_ref().err());
+                writer.after_connect_attempt(attempt, first_error_opt);
+                let connection_failed = outcomes.iter().any(|outcome| {
+                    outcome
+                        .as_ref()
+                        .err()
+                        .is_some_and(StoreError::is_connection_failure)
+                });
                 match connection_opt {
                     Some(connection) if !connection.is_closed() && !connection_failed => {
                         writer.connection_opt = Some(connection)
@@ -272,7 +312,7 @@ impl Handler<WriteChunk> for Writer {
                     // (after the backoff, if connecting is what failed).
                     _ => writer.connection_opt = None,
                 }
-                outcome
+                outcomes
             },
         )))
     }
@@ -309,10 +349,12 @@ struct Gate {
     sequence: u64,
 }
 
+/// A chunk waiting at the gate, with where its outcome goes.
 struct Waiter {
     due: Instant,
     sequence: u64,
-    wake: oneshot::Sender<usize>,
+    chunk: WriteChunk,
+    reply: oneshot::Sender<Result<ChunkOutcome, StoreError>>,
 }
 
 impl PartialEq for Waiter {
@@ -337,31 +379,44 @@ fn due_time(now: Instant, priority: Priority, aging_step: Duration) -> Instant {
     now + aging_step * priority.rank() as u32
 }
 
-/// A writer reserved for one chunk; returned to the gate when dropped, even if the chunk's
-/// future is cancelled.
-struct Reservation<'p> {
-    pool: &'p WriterPool,
-    index: usize,
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        self.pool.release(self.index);
-    }
-}
-
-/// A waiting chunk's ticket. If the waiting future is dropped after a writer was handed to it,
-/// the writer goes back to the gate instead of being lost.
-struct Ticket<'p> {
-    pool: &'p WriterPool,
-    receiver: oneshot::Receiver<usize>,
-}
-
-impl Drop for Ticket<'_> {
-    fn drop(&mut self) {
-        if let Ok(index) = self.receiver.try_recv() {
-            self.pool.release(index);
+impl Gate {
+    /// The chunks a free writer takes next: the waiting chunk due first and, if it is a staged
+    /// chunk, up to [`SHARED_TRANSACTION_CHUNKS`] − 1 more staged chunks of other tenants, the
+    /// next due, to share its transaction. Chunks whose caller stopped waiting are dropped
+    /// unwritten (their caller finds them again if it still needs them). Empty when nothing
+    /// waits.
+    fn next_batch(&mut self) -> Vec<Waiter> {
+        let mut batch: Vec<Waiter> = Vec::new();
+        let mut passed_over = Vec::new();
+        while let Some(Reverse(waiter)) = self.waiting.pop() {
+            if waiter.reply.is_closed() {
+                continue;
+            }
+            let Some(leader) = batch.first() else {
+                batch.push(waiter);
+                continue;
+            };
+            let staged =
+                |waiter: &Waiter| matches!(waiter.chunk.source, ChunkSource::Staged { .. });
+            if !staged(leader) {
+                passed_over.push(waiter);
+                break;
+            }
+            let joins = staged(&waiter)
+                && batch
+                    .iter()
+                    .all(|member| member.chunk.tenant_id != waiter.chunk.tenant_id);
+            if joins {
+                batch.push(waiter);
+                if batch.len() == SHARED_TRANSACTION_CHUNKS {
+                    break;
+                }
+            } else {
+                passed_over.push(waiter);
+            }
         }
+        self.waiting.extend(passed_over.into_iter().map(Reverse));
+        batch
     }
 }
 
@@ -407,11 +462,11 @@ impl WriterPool {
         }
     }
 
-    /// Waits for a writer (in priority order), has it write the chunk, and resolves with the
-    /// outcome once the chunk's transaction ended. A staged chunk first waits while
-    /// submissions wait to be parsed and the [`HoldBudget`] allows: its records are durable
-    /// already, theirs are not acknowledged yet. (A batch's chunk does not: its client is
-    /// waiting for it.)
+    /// Queues the chunk at the gate (in priority order) and resolves with its outcome once a
+    /// writer's transaction with it ended. A staged chunk first waits while submissions wait
+    /// to be parsed and the [`HoldBudget`] allows: its records are durable already, theirs are
+    /// not acknowledged yet. (A batch's chunk does not: its client is waiting for it.) If the
+    /// returned future is dropped before a writer took the chunk, the chunk is not written.
     pub async fn write(
         &self,
         message: WriteChunk,
@@ -422,20 +477,25 @@ impl WriterPool {
                 tokio::time::sleep(HOLD_LOOK_STEP).await;
             }
         }
-        let reservation = self.reserve(priority).await;
-        let (address, counters) = &self.writers[reservation.index];
-        counters.queued.fetch_add(1, Ordering::Relaxed);
-        let outcome = match address.send(message).await {
-            Ok(outcome) => outcome,
-            Err(mailbox_error) => {
-                // The writer was stopping: nothing was written. Retryable by the caller.
-                counters.queued.fetch_sub(1, Ordering::Relaxed);
-                tracing::warn!(%mailbox_error, "writer mailbox unavailable");
-                Err(StoreError::WriterUnavailable)
-            }
+        let (reply, outcome) = oneshot::channel();
+        let idle_opt = {
+            let mut gate = self.lock_gate();
+            gate.sequence += 1;
+            let sequence = gate.sequence;
+            let due = due_time(Instant::now(), priority, self.aging_step);
+            gate.waiting.push(Reverse(Waiter {
+                due,
+                sequence,
+                chunk: message,
+                reply,
+            }));
+            gate.idle_writers.pop()
         };
-        drop(reservation);
-        outcome
+        if let Some(index) = idle_opt {
+            self.dispatch(index);
+        }
+        // A writer that stopped before answering dropped the reply: nothing was committed.
+        outcome.await.unwrap_or(Err(StoreError::WriterUnavailable))
     }
 
     fn hold_staged_chunk(&self) -> bool {
@@ -446,45 +506,41 @@ impl WriterPool {
             .hold(Instant::now(), submissions_waiting)
     }
 
-    async fn reserve(&self, priority: Priority) -> Reservation<'_> {
-        let receiver = {
+    /// Gives writer `index` the next chunks waiting, or marks it idle if none wait. The
+    /// writer's answer is relayed to each chunk's caller, then the writer takes the next.
+    fn dispatch(&self, index: usize) {
+        let batch = {
             let mut gate = self.lock_gate();
-            if gate.waiting.is_empty() {
-                if let Some(index) = gate.idle_writers.pop() {
-                    return Reservation { pool: self, index };
-                }
-            }
-            let (wake, receiver) = oneshot::channel();
-            gate.sequence += 1;
-            let sequence = gate.sequence;
-            let due = due_time(Instant::now(), priority, self.aging_step);
-            gate.waiting.push(Reverse(Waiter {
-                due,
-                sequence,
-                wake,
-            }));
-            receiver
-        };
-        let mut ticket = Ticket {
-            pool: self,
-            receiver,
-        };
-        let index = (&mut ticket.receiver)
-            .await
-            .expect("the gate outlives every ticket: both belong to this pool");
-        // The ticket's receiver is now empty: dropping it returns nothing to the gate.
-        drop(ticket);
-        Reservation { pool: self, index }
-    }
-
-    fn release(&self, index: usize) {
-        let mut gate = self.lock_gate();
-        while let Some(Reverse(waiter)) = gate.waiting.pop() {
-            if waiter.wake.send(index).is_ok() {
+            let batch = gate.next_batch();
+            if batch.is_empty() {
+                gate.idle_writers.push(index);
                 return;
             }
-        }
-        gate.idle_writers.push(index);
+            batch
+        };
+        let pool = self.clone();
+        actix::spawn(async move {
+            let (address, counters) = &pool.writers[index];
+            let count = batch.len();
+            counters.queued.fetch_add(count, Ordering::Relaxed);
+            let (chunks, replies): (Vec<WriteChunk>, Vec<_>) = batch
+                .into_iter()
+                .map(|waiter| (waiter.chunk, waiter.reply))
+                .unzip();
+            let outcomes = match address.send(WriteChunks(chunks)).await {
+                Ok(outcomes) => outcomes,
+                Err(mailbox_error) => {
+                    // The writer was stopping: nothing was written. Retryable by the callers.
+                    tracing::warn!(%mailbox_error, "writer mailbox unavailable");
+                    unavailable(count)
+                }
+            };
+            counters.queued.fetch_sub(count, Ordering::Relaxed);
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+            pool.dispatch(index);
+        });
     }
 
     fn lock_gate(&self) -> std::sync::MutexGuard<'_, Gate> {
@@ -516,13 +572,106 @@ impl WriterPool {
 mod tests {
     use super::*;
 
-    fn waiter(due: Instant, sequence: u64) -> Reverse<Waiter> {
-        let (wake, _receiver) = oneshot::channel();
-        Reverse(Waiter {
+    use crate::domain::TenantId;
+    use crate::store::chunk_writes::Fence;
+    use uuid::Uuid;
+
+    type Outcome = oneshot::Receiver<Result<ChunkOutcome, StoreError>>;
+
+    fn chunk(tenant: u128, source: ChunkSource) -> WriteChunk {
+        WriteChunk {
+            tenant_id: TenantId(Uuid::from_u128(tenant)),
+            region: Region::Unassigned,
+            source,
+            fence: Fence {
+                instance_id: "test".into(),
+                epoch: 1,
+                trace: false,
+            },
+        }
+    }
+
+    fn staged(chunk_id: i64) -> ChunkSource {
+        ChunkSource::Staged { chunk_id }
+    }
+
+    fn inline() -> ChunkSource {
+        ChunkSource::Inline {
+            payload: bytes::Bytes::new(),
+            record_count: 0,
+        }
+    }
+
+    /// A waiter and the receiver of its outcome (dropping it means its caller stopped waiting).
+    fn waiting(sequence: u64, chunk: WriteChunk) -> (Reverse<Waiter>, Outcome) {
+        let (reply, outcome) = oneshot::channel();
+        let due = Instant::now() + Duration::from_secs(sequence);
+        let waiter = Waiter {
             due,
             sequence,
-            wake,
-        })
+            chunk,
+            reply,
+        };
+        (Reverse(waiter), outcome)
+    }
+
+    fn waiter(due: Instant, sequence: u64) -> Reverse<Waiter> {
+        let (Reverse(waiter), _outcome) = waiting(sequence, chunk(1, staged(1)));
+        Reverse(Waiter { due, ..waiter })
+    }
+
+    fn gate(waiters: Vec<Reverse<Waiter>>) -> Gate {
+        Gate {
+            idle_writers: Vec::new(),
+            waiting: waiters.into_iter().collect(),
+            sequence: 0,
+        }
+    }
+
+    fn sequences(batch: &[Waiter]) -> Vec<u64> {
+        batch.iter().map(|waiter| waiter.sequence).collect()
+    }
+
+    #[test]
+    fn staged_chunks_of_different_tenants_share_a_transaction_in_due_order() {
+        // Tenants 1, 1, 2, 3, 2, 4, 5 waiting in that order: the first chunk leads, a second
+        // chunk of a tenant already in the batch waits for the next one, at most four go.
+        let tenants = [1, 1, 2, 3, 2, 4, 5];
+        let (waiters, _outcomes): (Vec<_>, Vec<_>) = tenants
+            .iter()
+            .enumerate()
+            .map(|(position, tenant)| {
+                waiting(position as u64, chunk(*tenant, staged(position as i64)))
+            })
+            .unzip();
+        let mut gate = gate(waiters);
+        assert_eq!(sequences(&gate.next_batch()), vec![0, 2, 3, 5]);
+        assert_eq!(sequences(&gate.next_batch()), vec![1, 4, 6]);
+        assert!(gate.next_batch().is_empty());
+    }
+
+    #[test]
+    fn a_batch_chunk_goes_alone_and_does_not_join_staged_ones() {
+        let (first, _a) = waiting(0, chunk(1, inline()));
+        let (second, _b) = waiting(1, chunk(2, staged(1)));
+        let (third, _c) = waiting(2, chunk(3, inline()));
+        let (fourth, _d) = waiting(3, chunk(4, staged(2)));
+        let mut gate = gate(vec![first, second, third, fourth]);
+        assert_eq!(sequences(&gate.next_batch()), vec![0]);
+        assert_eq!(sequences(&gate.next_batch()), vec![1, 3]);
+        assert_eq!(sequences(&gate.next_batch()), vec![2]);
+        assert!(gate.next_batch().is_empty());
+    }
+
+    #[test]
+    fn chunks_whose_caller_stopped_waiting_are_not_written() {
+        let (first, first_outcome) = waiting(0, chunk(1, staged(1)));
+        let (second, _second_outcome) = waiting(1, chunk(2, staged(2)));
+        let (third, third_outcome) = waiting(2, chunk(3, staged(3)));
+        drop((first_outcome, third_outcome));
+        let mut gate = gate(vec![first, second, third]);
+        assert_eq!(sequences(&gate.next_batch()), vec![1]);
+        assert!(gate.next_batch().is_empty());
     }
 
     fn order(waiting: Vec<Reverse<Waiter>>) -> Vec<u64> {

@@ -23,6 +23,11 @@
 //! When `COPY` fails with a permanent error, the same transaction is redone with the chunk
 //! bisected under savepoints until each refused record is isolated; those records go to
 //! `dead_letters` with their error and the others are written.
+//!
+//! Staged chunks of different tenants may share one transaction
+//! ([`WriteConnection::apply_chunks`]): the same statements for each chunk, one `COPY` for
+//! all of them. Everything above holds per chunk; if the shared transaction fails, it is
+//! rolled back and each chunk is applied in its own.
 
 use std::ops::Range;
 
@@ -81,6 +86,10 @@ pub struct WriteConnection {
     count_activities: Statement,
     fence: Statement,
     fence_and_trace: Statement,
+    sync_if_finished: Statement,
+    /// Where the chunks of a shared transaction are decompressed, one buffer per chunk, kept
+    /// like `tuples_scratch`.
+    shared_scratch: Vec<Vec<u8>>,
     /// Where staged chunks are decompressed, kept from chunk to chunk: a fresh buffer per
     /// chunk would be mapped and faulted in page by page each time (see
     /// [`EncodedChunk::staged`](super::staging::EncodedChunk::staged)). Dropped after a chunk
@@ -164,6 +173,15 @@ const ADVANCE_SCAN: &str = "WITH advanced AS (UPDATE scans SET \
         CASE status WHEN 'processing' THEN 'off' ELSE 'on' END, true) AS synchronous_commit \
      FROM advanced";
 
+/// The `synchronous_commit` of a transaction that advanced several scans: `on` if any of them
+/// (`$1` tenants, `$2` scans, pairwise) is finished, else `off`. Each [`ADVANCE_SCAN`] sets it
+/// for its own scan, and the last one would otherwise decide for all.
+const SYNC_IF_FINISHED: &str = "SELECT set_config('synchronous_commit', \
+        CASE WHEN bool_or(scans.status <> 'processing') THEN 'on' ELSE 'off' END, true) \
+        AS synchronous_commit \
+     FROM unnest($1::uuid[], $2::uuid[]) AS advanced (tenant_id, scan_id) \
+     JOIN scans USING (tenant_id, scan_id)";
+
 /// Adds copied activities to their tenant's per-category counts: `$2` the categories, `$3`
 /// how many of each, always in [`PdplCategory::ALL`] order, so concurrent transactions lock a
 /// tenant's count rows in the same order.
@@ -179,17 +197,26 @@ fn copy_statement() -> String {
 }
 
 impl WriteConnection {
-    /// Connects and prepares the six statements, in one pipelined round trip.
+    /// Connects and prepares the seven statements, in one pipelined round trip.
     pub async fn open(database: &Config) -> Result<WriteConnection, StoreError> {
         let client = connect(database).await?;
         let copy = copy_statement();
-        let (take_staged, copy, advance_scan, count_activities, fence, fence_and_trace) = tokio::try_join!(
+        let (
+            take_staged,
+            copy,
+            advance_scan,
+            count_activities,
+            fence,
+            fence_and_trace,
+            sync_if_finished,
+        ) = tokio::try_join!(
             client.prepare(TAKE_STAGED),
             client.prepare(&copy),
             client.prepare(ADVANCE_SCAN),
             client.prepare(COUNT_ACTIVITIES),
             client.prepare(super::ownership::FENCE),
             client.prepare(super::ownership::FENCE_AND_TRACE),
+            client.prepare(SYNC_IF_FINISHED),
         )?;
         Ok(WriteConnection {
             client,
@@ -199,6 +226,8 @@ impl WriteConnection {
             count_activities,
             fence,
             fence_and_trace,
+            sync_if_finished,
+            shared_scratch: Vec::new(),
             tuples_scratch: Vec::new(),
         })
     }
@@ -232,6 +261,226 @@ impl WriteConnection {
             self.tuples_scratch = Vec::new();
         }
         outcome
+    }
+
+    /// Applies several chunks, each as [`apply_chunk`](Self::apply_chunk) would: staged chunks
+    /// of different tenants together in one transaction when there are several (see
+    /// [`shared_transaction`](Self::shared_transaction)), else, and whenever that transaction
+    /// fails, one transaction per chunk. One outcome per chunk, in order.
+    pub async fn apply_chunks(
+        &mut self,
+        chunks: &[ChunkToApply<'_>],
+    ) -> Vec<Result<ChunkOutcome, StoreError>> {
+        if let Some(shared) = shareable(chunks) {
+            match self.shared_transaction(&shared).await {
+                Ok(outcomes) => {
+                    self.shared_scratch
+                        .retain(|buffer| buffer.capacity() <= RETAINED_TUPLES_MAX_BYTES);
+                    return outcomes.into_iter().map(Ok).collect();
+                }
+                Err(error) => {
+                    if !self.client.is_closed() {
+                        let _ = self.client.batch_execute("ROLLBACK").await;
+                    }
+                    tracing::debug!(%error, chunks = chunks.len(), "shared transaction failed; applying its chunks one at a time");
+                }
+            }
+        }
+        let mut outcomes = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            outcomes.push(
+                self.apply_chunk(chunk.tenant_id, chunk.source, chunk.fence_opt)
+                    .await,
+            );
+        }
+        outcomes
+    }
+
+    /// One transaction for staged chunks of different tenants (so of different scans, each
+    /// advancing by its own chunk: progress still moves at most a chunk at a time). It checks
+    /// every tenant's fence and takes every chunk with `BEGIN`, copies all their tuples in one
+    /// `COPY` statement (so the statement's slots are made once for up to four chunks, see
+    /// [`COPY_STATEMENT_TUPLES`]), and advances each scan and count with `COMMIT`. A chunk
+    /// already applied elsewhere is reported as such. Any failure, a lost fence included, fails
+    /// the whole transaction: the caller rolls it back and applies the chunks one at a time,
+    /// where each failure is handled as for a chunk alone.
+    async fn shared_transaction(
+        &mut self,
+        chunks: &[SharedChunk<'_>],
+    ) -> Result<Vec<ChunkOutcome>, StoreError> {
+        let WriteConnection {
+            ref client,
+            ref take_staged,
+            ref copy,
+            ref advance_scan,
+            ref count_activities,
+            ref fence,
+            ref fence_and_trace,
+            ref sync_if_finished,
+            ref mut shared_scratch,
+            ..
+        } = *self;
+        let mut stages = crate::metrics::StageTimer::chunk();
+        let fence_parameters: Vec<Option<(&Statement, &str, i64)>> = chunks
+            .iter()
+            .map(|chunk| {
+                chunk.fence_opt.map(|chunk_fence| {
+                    let statement = if chunk_fence.trace {
+                        fence_and_trace
+                    } else {
+                        fence
+                    };
+                    (statement, &*chunk_fence.instance_id, chunk_fence.epoch)
+                })
+            })
+            .collect();
+        let fences = chunks
+            .iter()
+            .zip(&fence_parameters)
+            .map(|(chunk, parameters)| async move {
+                let Some((statement, instance_id, epoch)) = parameters else {
+                    return Ok(true);
+                };
+                let row_opt = client
+                    .query_opt(*statement, &[&chunk.tenant_id.0, instance_id, epoch])
+                    .await?;
+                Ok::<_, tokio_postgres::Error>(row_opt.is_some())
+            });
+        let takes = chunks.iter().map(|chunk| async move {
+            client
+                .query_opt(take_staged, &[&chunk.tenant_id.0, &chunk.chunk_id])
+                .await
+        });
+        let (begun, owned, taken) = tokio::join!(
+            client.batch_execute("BEGIN"),
+            futures_util::future::join_all(fences),
+            futures_util::future::join_all(takes),
+        );
+        let (owned, taken) = match (begun, all_ok(owned), all_ok(taken)) {
+            (Ok(()), Ok(owned), Ok(taken)) => (owned, taken),
+            (begun, owned, taken) => {
+                return Err(super::pipeline_cause(
+                    [begun.err().map(StoreError::from)]
+                        .into_iter()
+                        .chain(owned.err().into_iter().flatten())
+                        .chain(taken.err().into_iter().flatten()),
+                ))
+            }
+        };
+        if owned.contains(&false) {
+            return Err(StoreError::Fenced);
+        }
+        stages.lap("fetch");
+
+        if shared_scratch.len() < chunks.len() {
+            shared_scratch.resize_with(chunks.len(), Vec::new);
+        }
+        let mut written_chunks = Vec::with_capacity(chunks.len());
+        let mut outcomes = vec![
+            ChunkOutcome {
+                already_applied: true,
+                ..ChunkOutcome::default()
+            };
+            chunks.len()
+        ];
+        for ((position, row_opt), scratch) in
+            taken.iter().enumerate().zip(shared_scratch.iter_mut())
+        {
+            let Some(row) = row_opt else { continue };
+            let tuples = staged_tuples(row, scratch)?;
+            written_chunks.push(WrittenChunk {
+                position,
+                tenant_id: chunks[position].tenant_id.0,
+                scan_id: row.get("scan_id"),
+                record_count: row.get("record_count"),
+                counts: category_counts_of(tuples)?,
+                tuples,
+            });
+        }
+        if written_chunks.is_empty() {
+            client.batch_execute("COMMIT").await?;
+            return Ok(outcomes);
+        }
+        let parts: Vec<&[u8]> = written_chunks.iter().map(|chunk| chunk.tuples).collect();
+        copy_tuples(client, copy, &parts).await?;
+        stages.lap("copy");
+
+        let categories = PdplCategory::ALL.map(PdplCategory::as_str);
+        let categories = &categories[..];
+        let no_failures = 0_i32;
+        let event_ids: Vec<Uuid> = written_chunks.iter().map(|_| Uuid::now_v7()).collect();
+        let no_failures = &no_failures;
+        let advances = written_chunks
+            .iter()
+            .zip(&event_ids)
+            .map(|(chunk, event_id)| async move {
+                client
+                    .query_opt(
+                        advance_scan,
+                        &[
+                            &chunk.tenant_id,
+                            &chunk.scan_id,
+                            &chunk.record_count,
+                            no_failures,
+                            event_id,
+                        ],
+                    )
+                    .await
+            });
+        let counts: Vec<&[i64]> = written_chunks
+            .iter()
+            .map(|chunk| &chunk.counts[..])
+            .collect();
+        let categories = &categories;
+        let counted = written_chunks
+            .iter()
+            .zip(&counts)
+            .map(|(chunk, counts)| async move {
+                client
+                    .execute(count_activities, &[&chunk.tenant_id, categories, counts])
+                    .await
+            });
+        let tenants: Vec<Uuid> = written_chunks.iter().map(|chunk| chunk.tenant_id).collect();
+        let scans: Vec<Uuid> = written_chunks.iter().map(|chunk| chunk.scan_id).collect();
+        let (advanced, counted, synced, committed) = tokio::join!(
+            futures_util::future::join_all(advances),
+            futures_util::future::join_all(counted),
+            async {
+                client
+                    .query_one(sync_if_finished, &[&tenants, &scans])
+                    .await
+            },
+            client.batch_execute("COMMIT"),
+        );
+        let (advanced, synced) = match (all_ok(advanced), all_ok(counted), synced, committed) {
+            (Ok(advanced), Ok(_), Ok(synced), Ok(())) => (advanced, synced),
+            (advanced, counted, synced, committed) => {
+                return Err(super::pipeline_cause(
+                    advanced
+                        .err()
+                        .into_iter()
+                        .flatten()
+                        .chain(counted.err().into_iter().flatten())
+                        .chain([
+                            synced.err().map(StoreError::from),
+                            committed.err().map(StoreError::from),
+                        ]),
+                ))
+            }
+        };
+        let commit_flushed = synced.get::<_, Option<&str>>("synchronous_commit") == Some("on");
+        for (chunk, row_opt) in written_chunks.iter().zip(advanced) {
+            outcomes[chunk.position] = ChunkOutcome {
+                written: chunk.record_count as u64,
+                commit_flushed,
+                finished_scan_opt: row_opt
+                    .and_then(|row| ScanStatus::parse(row.get("status")))
+                    .filter(|status| *status != ScanStatus::Processing),
+                ..ChunkOutcome::default()
+            };
+        }
+        stages.lap("finish");
+        Ok(outcomes)
     }
 
     /// One transaction, opened and closed by hand so that `BEGIN` travels with the chunk's
@@ -391,6 +640,74 @@ impl WriteConnection {
         stages.lap("finish");
         Ok(outcome)
     }
+}
+
+/// Most chunks one shared transaction applies ([`WriteConnection::apply_chunks`]).
+pub const SHARED_TRANSACTION_CHUNKS: usize = 4;
+
+/// A chunk for [`WriteConnection::apply_chunks`].
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkToApply<'a> {
+    pub tenant_id: TenantId,
+    pub source: &'a ChunkSource,
+    pub fence_opt: Option<&'a Fence>,
+}
+
+/// A staged chunk of a shared transaction.
+struct SharedChunk<'a> {
+    tenant_id: TenantId,
+    chunk_id: i64,
+    fence_opt: Option<&'a Fence>,
+}
+
+/// `chunks` as a shared transaction's, if they may share one: more than one, at most
+/// [`SHARED_TRANSACTION_CHUNKS`], all staged, each of a different tenant.
+fn shareable<'a>(chunks: &[ChunkToApply<'a>]) -> Option<Vec<SharedChunk<'a>>> {
+    if !(2..=SHARED_TRANSACTION_CHUNKS).contains(&chunks.len()) {
+        return None;
+    }
+    let mut shared: Vec<SharedChunk<'a>> = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        let ChunkSource::Staged { chunk_id } = chunk.source else {
+            return None;
+        };
+        if shared
+            .iter()
+            .any(|other| other.tenant_id == chunk.tenant_id)
+        {
+            return None;
+        }
+        shared.push(SharedChunk {
+            tenant_id: chunk.tenant_id,
+            chunk_id: *chunk_id,
+            fence_opt: chunk.fence_opt,
+        });
+    }
+    Some(shared)
+}
+
+/// A chunk a shared transaction took and copies.
+struct WrittenChunk<'t> {
+    /// Its place among the transaction's chunks.
+    position: usize,
+    tenant_id: Uuid,
+    scan_id: Uuid,
+    record_count: i32,
+    counts: [i64; PdplCategory::ALL.len()],
+    tuples: &'t [u8],
+}
+
+/// Every answer, or every error (as [`StoreError`]s, for [`super::pipeline_cause`]).
+fn all_ok<T>(
+    answers: Vec<Result<T, tokio_postgres::Error>>,
+) -> Result<Vec<T>, Vec<Option<StoreError>>> {
+    if answers.iter().all(Result::is_ok) {
+        return Ok(answers.into_iter().flatten().collect());
+    }
+    Err(answers
+        .into_iter()
+        .map(|answer| answer.err().map(StoreError::from))
+        .collect())
 }
 
 /// A staged row's tuples: borrowed from the row, or decompressed into `scratch`.

@@ -12,7 +12,7 @@ use ingest_engine::store::embedded::{ClusterOptions, EmbeddedCluster};
 
 use crate::helpers::{
     accepted_scan_id, activities, assert_error, repository_path, scratch_directory, spawn_app,
-    spawn_app_on,
+    spawn_app_on, spawn_app_with,
 };
 
 const COMPLETION: Duration = Duration::from_secs(120);
@@ -167,6 +167,73 @@ async fn a_poison_record_in_a_batch_is_reported_and_the_rest_committed() {
         2
     );
     app.assert_activity_counts_are_exact().await;
+    app.stop().await;
+}
+
+/// Staged chunks of different tenants that wait for a writer together share its transaction
+/// (rows of several tenants with one `xmin`), still at most one chunk of a scan per
+/// transaction, so each scan's progress moves a chunk at a time. A poison record in one of them
+/// costs the others nothing: the shared transaction is redone chunk by chunk, the record is
+/// dead-lettered, and every other record is written exactly once.
+#[tokio::test]
+async fn waiting_chunks_of_different_tenants_share_a_transaction_and_a_poison_record_stays_in_its_own(
+) {
+    let app = spawn_app_with(|settings| {
+        settings.writers.count = 1;
+        settings.ingest.chunk_records = 100;
+        settings.ingest.large_scan_chunk_records = 100;
+    })
+    .await;
+    app.db()
+        .await
+        .batch_execute("ALTER TABLE processing_activities ADD CONSTRAINT no_poison CHECK (activity_name NOT LIKE 'POISON%')")
+        .await
+        .unwrap();
+    let tenants: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    let submissions = tenants.iter().enumerate().map(|(position, tenant)| {
+        let mut records = activities(2_000);
+        if position == 0 {
+            records[777]["activity_name"] = json!("POISON pill");
+        }
+        let app = &app;
+        async move { accepted_scan_id(app.post_scan(*tenant, records).await).await }
+    });
+    let scan_ids = futures_util::future::join_all(submissions).await;
+    for (position, (tenant, scan_id)) in tenants.iter().zip(&scan_ids).enumerate() {
+        let scan = app.wait_for_scan(*tenant, scan_id, COMPLETION).await;
+        let failed = if position == 0 { 1 } else { 0 };
+        assert_eq!(scan["records_failed"], failed, "{scan}");
+        assert_eq!(scan["records_processed"], 2_000 - failed, "{scan}");
+        assert_eq!(app.activities_of(*tenant).await, 2_000 - failed);
+    }
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM dead_letters WHERE tenant_id = $1",
+            &[&tenants[0]]
+        )
+        .await,
+        1
+    );
+    app.assert_activity_counts_are_exact().await;
+    let shared_transactions = app
+        .count(
+            "SELECT count(*) FROM (SELECT xmin::text FROM processing_activities \
+             WHERE tenant_id = ANY($1) GROUP BY xmin::text HAVING count(DISTINCT tenant_id) > 1) AS shared",
+            &[&tenants],
+        )
+        .await;
+    assert!(
+        shared_transactions > 0,
+        "no transaction held chunks of two tenants"
+    );
+    let most_of_one_scan_in_a_transaction = app
+        .count(
+            "SELECT max(rows)::int8 FROM (SELECT count(*) AS rows FROM processing_activities \
+             WHERE tenant_id = ANY($1) GROUP BY xmin::text, scan_id) AS per_transaction",
+            &[&tenants],
+        )
+        .await;
+    assert_eq!(most_of_one_scan_in_a_transaction, 100);
     app.stop().await;
 }
 

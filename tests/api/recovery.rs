@@ -1,7 +1,10 @@
 use std::time::Duration;
 
 use ingest_engine::domain::TenantId;
-use ingest_engine::store::chunk_writes::{ChunkSource, WriteConnection};
+use ingest_engine::store::chunk_writes::{
+    ChunkOutcome, ChunkSource, ChunkToApply, WriteConnection,
+};
+use ingest_engine::store::StoreError;
 use ingest_engine::submission;
 use uuid::Uuid;
 
@@ -155,6 +158,101 @@ async fn only_the_chunk_that_finishes_a_scan_waits_for_its_commit_to_be_flushed(
         .unwrap();
     assert_eq!(outcome.written, 10);
     assert_eq!(activities_in(&admin, tenant).await, 2_345 + 10);
+}
+
+/// Staged chunks of two tenants in one shared transaction: the transaction waits for its
+/// commit's flush if any of its chunks finishes a scan (the last `ADVANCE_SCAN` alone would
+/// decide otherwise), every chunk reports its own outcome, and a chunk already applied is
+/// reported as such, not written again.
+#[tokio::test]
+async fn a_shared_transaction_waits_for_its_flush_when_any_of_its_chunks_finishes_a_scan() {
+    let app = spawn_app().await;
+    let (first, second) = (app.paused_tenant().await, app.paused_tenant().await);
+    // Two chunks for the first tenant's scan, three for the second's.
+    let first_scan = accepted_scan_id(app.post_scan(first, activities(1_500)).await).await;
+    let second_scan = accepted_scan_id(app.post_scan(second, activities(2_345)).await).await;
+    let database = app.database.clone();
+    app.stop().await;
+
+    let mut connection = WriteConnection::open(&database).await.unwrap();
+    let admin = ingest_engine::store::connect(&database).await.unwrap();
+    let mut staged = Vec::new();
+    for tenant in [first, second] {
+        let chunks: Vec<ChunkSource> = admin
+            .query(
+                "SELECT chunk_id FROM staged_chunks WHERE tenant_id = $1 ORDER BY chunk_id",
+                &[&tenant],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| ChunkSource::Staged {
+                chunk_id: row.get(0),
+            })
+            .collect();
+        staged.push(chunks);
+    }
+    let together = |first_chunk: usize, second_chunk: usize| {
+        vec![
+            ChunkToApply {
+                tenant_id: TenantId(first),
+                source: &staged[0][first_chunk],
+                fence_opt: None,
+            },
+            ChunkToApply {
+                tenant_id: TenantId(second),
+                source: &staged[1][second_chunk],
+                fence_opt: None,
+            },
+        ]
+    };
+    let outcomes = |results: Vec<Result<ChunkOutcome, StoreError>>| -> Vec<ChunkOutcome> {
+        results.into_iter().map(Result::unwrap).collect()
+    };
+
+    let neither_finishes = outcomes(connection.apply_chunks(&together(0, 0)).await);
+    assert_eq!(
+        neither_finishes
+            .iter()
+            .map(|outcome| (outcome.written, outcome.commit_flushed))
+            .collect::<Vec<_>>(),
+        [(1_000, false), (1_000, false)]
+    );
+    // The first tenant's scan finishes, the second's does not: the commit is flushed.
+    let one_finishes = outcomes(connection.apply_chunks(&together(1, 1)).await);
+    assert_eq!(
+        one_finishes
+            .iter()
+            .map(|outcome| (outcome.written, outcome.commit_flushed))
+            .collect::<Vec<_>>(),
+        [(500, true), (1_000, true)]
+    );
+    assert!(one_finishes[0].finished_scan_opt.is_some());
+    assert!(one_finishes[1].finished_scan_opt.is_none());
+    // Applied already: nothing is written twice.
+    let again = outcomes(connection.apply_chunks(&together(0, 1)).await);
+    assert!(again
+        .iter()
+        .all(|outcome| outcome.already_applied && outcome.written == 0));
+
+    let status = |scan_id: String| {
+        let admin = &admin;
+        async move {
+            let row = admin
+                .query_one(
+                    "SELECT status, records_processed FROM scans WHERE scan_id = $1",
+                    &[&scan_id.parse::<Uuid>().unwrap()],
+                )
+                .await
+                .unwrap();
+            (row.get::<_, String>(0), row.get::<_, i32>(1))
+        }
+    };
+    assert_eq!(status(first_scan).await, ("completed".to_string(), 1_500));
+    assert_eq!(status(second_scan).await, ("processing".to_string(), 2_000));
+    assert_eq!(activities_in(&admin, first).await, 1_500);
+    assert_eq!(activities_in(&admin, second).await, 2_000);
+    assert_activity_counts_are_exact(&admin).await;
 }
 
 /// When a statement pipelined before a chunk's `COMMIT` fails (the scan update, or the category
