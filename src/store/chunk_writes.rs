@@ -325,11 +325,7 @@ impl WriteConnection {
             .iter()
             .map(|chunk| {
                 chunk.fence_opt.map(|chunk_fence| {
-                    let statement = if chunk_fence.trace {
-                        fence_and_trace
-                    } else {
-                        fence
-                    };
+                    let statement = fence_statement(chunk_fence, fence, fence_and_trace);
                     (statement, &*chunk_fence.instance_id, chunk_fence.epoch)
                 })
             })
@@ -511,16 +507,12 @@ impl WriteConnection {
         let client = &self.client;
         let mut stages = crate::metrics::StageTimer::chunk();
         // The fence travels with BEGIN (and the take): no extra round trip.
-        let (fence_statement, fence_and_trace) = (&self.fence, &self.fence_and_trace);
+        let (plain_fence, fence_and_trace) = (&self.fence, &self.fence_and_trace);
         let fenced = async {
             let Some(fence) = fence_opt else {
                 return Ok(false);
             };
-            let fence_statement = if fence.trace {
-                fence_and_trace
-            } else {
-                fence_statement
-            };
+            let fence_statement = fence_statement(fence, plain_fence, fence_and_trace);
             let instance_id: &str = &fence.instance_id;
             let parameters: [&(dyn ToSql + Sync); 3] = [&tenant_id.0, &instance_id, &fence.epoch];
             Ok::<_, tokio_postgres::Error>(
@@ -639,6 +631,19 @@ impl WriteConnection {
         }
         stages.lap("finish");
         Ok(outcome)
+    }
+}
+
+/// The statement that checks `fence`: with the trace while its epoch has none committed yet.
+fn fence_statement<'s>(
+    fence: &Fence,
+    plain: &'s Statement,
+    traced: &'s Statement,
+) -> &'s Statement {
+    if fence.trace {
+        traced
+    } else {
+        plain
     }
 }
 
