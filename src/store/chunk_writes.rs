@@ -303,7 +303,8 @@ impl WriteConnection {
     /// [`COPY_STATEMENT_TUPLES`]), and advances each scan and count with `COMMIT`. A chunk
     /// already applied elsewhere is reported as such. Any failure, a lost fence included, fails
     /// the whole transaction: the caller rolls it back and applies the chunks one at a time,
-    /// where each failure is handled as for a chunk alone.
+    /// where each failure is handled as for a chunk alone. Outcomes are in the order of the
+    /// chunks' `position`s.
     async fn shared_transaction(
         &mut self,
         chunks: &[SharedChunk<'_>],
@@ -379,14 +380,13 @@ impl WriteConnection {
             };
             chunks.len()
         ];
-        for ((position, row_opt), scratch) in
-            taken.iter().enumerate().zip(shared_scratch.iter_mut())
+        for ((chunk, row_opt), scratch) in chunks.iter().zip(&taken).zip(shared_scratch.iter_mut())
         {
             let Some(row) = row_opt else { continue };
             let tuples = staged_tuples(row, scratch)?;
             written_chunks.push(WrittenChunk {
-                position,
-                tenant_id: chunks[position].tenant_id.0,
+                position: chunk.position,
+                tenant_id: chunk.tenant_id.0,
                 scan_id: row.get("scan_id"),
                 record_count: row.get("record_count"),
                 counts: category_counts_of(tuples)?,
@@ -660,19 +660,27 @@ pub struct ChunkToApply<'a> {
 
 /// A staged chunk of a shared transaction.
 struct SharedChunk<'a> {
+    /// Its place among the chunks given to [`WriteConnection::apply_chunks`].
+    position: usize,
     tenant_id: TenantId,
     chunk_id: i64,
     fence_opt: Option<&'a Fence>,
 }
 
 /// `chunks` as a shared transaction's, if they may share one: more than one, at most
-/// [`SHARED_TRANSACTION_CHUNKS`], all staged, each of a different tenant.
+/// [`SHARED_TRANSACTION_CHUNKS`], all staged, each of a different tenant. In tenant order: a
+/// shared transaction locks its scans' rows, then their tenants' count rows, in the order of its
+/// chunks, and two writers' transactions can hold chunks of the same two tenants (a tenant has
+/// up to `tenants.max_in_flight_chunks` chunks in flight). In any other order one could lock
+/// the first tenant's scan and wait for the second's while the other locked the second and
+/// waited for the first: a deadlock, which PostgreSQL breaks only after `deadlock_timeout`
+/// (1 s), stalling both writers, and whose victim is then applied a chunk at a time.
 fn shareable<'a>(chunks: &[ChunkToApply<'a>]) -> Option<Vec<SharedChunk<'a>>> {
     if !(2..=SHARED_TRANSACTION_CHUNKS).contains(&chunks.len()) {
         return None;
     }
     let mut shared: Vec<SharedChunk<'a>> = Vec::with_capacity(chunks.len());
-    for chunk in chunks {
+    for (position, chunk) in chunks.iter().enumerate() {
         let ChunkSource::Staged { chunk_id } = chunk.source else {
             return None;
         };
@@ -683,17 +691,19 @@ fn shareable<'a>(chunks: &[ChunkToApply<'a>]) -> Option<Vec<SharedChunk<'a>>> {
             return None;
         }
         shared.push(SharedChunk {
+            position,
             tenant_id: chunk.tenant_id,
             chunk_id: *chunk_id,
             fence_opt: chunk.fence_opt,
         });
     }
+    shared.sort_by_key(|chunk| chunk.tenant_id);
     Some(shared)
 }
 
 /// A chunk a shared transaction took and copies.
 struct WrittenChunk<'t> {
-    /// Its place among the transaction's chunks.
+    /// Its place among the chunks given to [`WriteConnection::apply_chunks`].
     position: usize,
     tenant_id: Uuid,
     scan_id: Uuid,

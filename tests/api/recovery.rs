@@ -255,6 +255,124 @@ async fn a_shared_transaction_waits_for_its_flush_when_any_of_its_chunks_finishe
     assert_activity_counts_are_exact(&admin).await;
 }
 
+/// Two writers' shared transactions holding chunks of the same two tenants, given in opposite
+/// orders, do not deadlock: each locks the scans' rows in tenant order. Here the second
+/// writer queues first for the second tenant's scan row (held by another transaction), then the
+/// first writer locks the first tenant's row and queues behind it; in the order given, the
+/// second writer would then wait for the first tenant's row while the first waits for the
+/// second's, until PostgreSQL's deadlock check aborted one and its chunks were applied one at a
+/// time. Both must commit as one transaction each.
+#[tokio::test]
+async fn shared_transactions_with_the_same_tenants_in_opposite_orders_do_not_deadlock() {
+    let app = spawn_app().await;
+    let (first, second) = (app.paused_tenant().await, app.paused_tenant().await);
+    let mut scan_ids = Vec::new();
+    for tenant in [first, second] {
+        scan_ids.push(accepted_scan_id(app.post_scan(tenant, activities(1_500)).await).await);
+    }
+    let database = app.database.clone();
+    app.stop().await;
+    let admin = ingest_engine::store::connect(&database).await.unwrap();
+    let mut staged = Vec::new();
+    for tenant in [first, second] {
+        let chunks: Vec<ChunkSource> = admin
+            .query(
+                "SELECT chunk_id FROM staged_chunks WHERE tenant_id = $1 ORDER BY chunk_id",
+                &[&tenant],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| ChunkSource::Staged {
+                chunk_id: row.get(0),
+            })
+            .collect();
+        assert_eq!(chunks.len(), 2);
+        staged.push(chunks);
+    }
+    let chunk = |tenant: usize, index: usize| ChunkToApply {
+        tenant_id: TenantId([first, second][tenant]),
+        source: &staged[tenant][index],
+        fence_opt: None,
+    };
+    let first_batch = [chunk(0, 0), chunk(1, 0)];
+    let second_batch = [chunk(1, 1), chunk(0, 1)];
+    let mut first_writer = WriteConnection::open(&database).await.unwrap();
+    let mut second_writer = WriteConnection::open(&database).await.unwrap();
+
+    let mut holder = ingest_engine::store::connect(&database).await.unwrap();
+    let holding = holder.transaction().await.unwrap();
+    let second_scan: Uuid = scan_ids[1].parse().unwrap();
+    holding
+        .execute(
+            "SELECT 1 FROM scans WHERE scan_id = $1 FOR UPDATE",
+            &[&second_scan],
+        )
+        .await
+        .unwrap();
+    let waiting_for_locks = || async {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let wait_for_waiters = |count: i64| async move {
+        for _ in 0..500 {
+            if waiting_for_locks().await >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("fewer than {count} transactions ever waited for a lock");
+    };
+    let (first_results, second_results) = tokio::join!(
+        async {
+            wait_for_waiters(1).await;
+            first_writer.apply_chunks(&first_batch).await
+        },
+        async {
+            let results = second_writer.apply_chunks(&second_batch);
+            tokio::pin!(results);
+            tokio::select! {
+                results = &mut results => results,
+                () = async {
+                    wait_for_waiters(2).await;
+                    holding.commit().await.unwrap();
+                    std::future::pending::<()>().await
+                } => unreachable!(),
+            }
+        },
+    );
+    for (results, chunk_records) in [(first_results, 1_000), (second_results, 500)] {
+        let written: Vec<u64> = results
+            .into_iter()
+            .map(|result| result.unwrap().written)
+            .collect();
+        assert_eq!(written, [chunk_records, chunk_records]);
+    }
+    let transactions = admin
+        .query_one(
+            "SELECT count(DISTINCT xmin::text) FROM processing_activities \
+             WHERE tenant_id = ANY ($1)",
+            &[&vec![first, second]],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(
+        transactions, 2,
+        "each writer's chunks were committed in one transaction"
+    );
+    assert_eq!(activities_in(&admin, first).await, 1_500);
+    assert_eq!(activities_in(&admin, second).await, 1_500);
+    assert_activity_counts_are_exact(&admin).await;
+}
+
 /// When a statement pipelined before a chunk's `COMMIT` fails (the scan update, or the category
 /// counts), PostgreSQL answers that `COMMIT` with a rollback: none of the chunk's rows, counts
 /// or progress are kept, the chunk stays staged, and it applies exactly once later.
