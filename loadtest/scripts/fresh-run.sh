@@ -10,8 +10,10 @@
 # followed by the engine's admission counters, per-stage submission times and chunks per writer
 # transaction from /metrics, the
 # CPU seconds of the engine and of PostgreSQL (the postmaster with every process it started,
-# exited ones included) over the run, and PostgreSQL's WAL and autovacuum figures (the
-# baseline's share included unless the scenario runs with --skip-baseline).
+# exited ones included) over the run, PostgreSQL's WAL and autovacuum figures (the
+# baseline's share included unless the scenario runs with --skip-baseline), and the deadlocks
+# and rolled-back transactions of the engine's database (a shared writer transaction that
+# failed shows among them, and its copied rows, up to 4,000, among the rows inserted).
 # Needs `cargo build --release --workspace --bins` first (for target/release/loadtest).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -60,6 +62,8 @@ hz=$(getconf CLK_TCK)
 echo "CPU seconds over the run: engine $(( ($(cpu_ticks "$engine_pid") - engine_before) / hz )), PostgreSQL $(( ($(postgres_ticks) - postgres_before) / hz ))"
 psql -X -q -h 127.0.0.1 -p "$pg_port" -U ingest -d ingest -c "
     SELECT pg_size_pretty(wal_bytes) AS wal, wal_records, wal_fpi FROM pg_stat_wal" -c "
+    SELECT deadlocks, xact_rollback AS rolled_back FROM pg_stat_database
+    WHERE datname = current_database()" -c "
     SELECT relname, autovacuum_count, n_tup_ins, n_tup_del,
            pg_size_pretty(pg_total_relation_size(relid)) AS size
     FROM pg_stat_all_tables
