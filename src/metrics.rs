@@ -22,6 +22,7 @@ pub const CHUNK_WRITE_DURATION: &str = "ingest_chunk_write_duration_seconds";
 pub const SUBMISSION_STAGE_DURATION: &str = "ingest_submission_stage_duration_seconds";
 pub const CHUNK_STAGE_DURATION: &str = "ingest_chunk_stage_duration_seconds";
 pub const CHUNKS_PER_TRANSACTION: &str = "ingest_writer_chunks_per_transaction";
+pub const SHARED_TRANSACTIONS_REDONE: &str = "ingest_writer_shared_transactions_redone_total";
 pub const COPY_ROWS_PER_SECOND: &str = "ingest_copy_rows_per_second";
 pub const BACKLOG_RECORDS: &str = "ingest_backlog_records";
 pub const TENANT_BACKLOG_RECORDS: &str = "ingest_tenant_backlog_records";
@@ -211,6 +212,13 @@ fn describe() {
         Unit::Count,
         "Chunks a writer applied in one transaction: one, or up to four staged chunks of \
          different tenants that were waiting together."
+    );
+    describe_counter!(
+        SHARED_TRANSACTIONS_REDONE,
+        Unit::Count,
+        "Shared writer transactions that failed (a record the database refused, a lost fence, a \
+         deadlock, a lost connection) and were rolled back, their chunks then applied one \
+         transaction each."
     );
     describe_histogram!(
         SUBMISSION_STAGE_DURATION,

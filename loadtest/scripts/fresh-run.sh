@@ -8,7 +8,7 @@
 # config/postgresql.conf, the scenario runs with `--no-psql-copy` (after the load test has
 # created the cluster's WAL segment files, unless `--cold-wal` is given), and the printed summary is
 # followed by the engine's admission counters, per-stage submission times and chunks per writer
-# transaction from /metrics, the
+# transaction (and shared transactions redone chunk by chunk) from /metrics, the
 # CPU seconds of the engine and of PostgreSQL (the postmaster with every process it started,
 # exited ones included) over the run, PostgreSQL's WAL and autovacuum figures (the
 # baseline's share included unless the scenario runs with --skip-baseline), and the deadlocks
@@ -57,7 +57,7 @@ target/release/loadtest --engine-url "http://127.0.0.1:$port" \
     --postmaster-pid "$work/pg/postmaster.pid" --token "$(cat "$work/admin-token")" \
     --no-psql-copy "$@" || status=$?
 curl -s "http://127.0.0.1:$port/metrics" \
-    | grep -E '^ingest_(admission_refusals_total|submission_stage_duration_seconds_(sum|count)|writer_chunks_per_transaction_(bucket|count))' || true
+    | grep -E '^ingest_(admission_refusals_total|submission_stage_duration_seconds_(sum|count)|writer_chunks_per_transaction_(bucket|count)|writer_shared_transactions_redone_total)' || true
 hz=$(getconf CLK_TCK)
 echo "CPU seconds over the run: engine $(( ($(cpu_ticks "$engine_pid") - engine_before) / hz )), PostgreSQL $(( ($(postgres_ticks) - postgres_before) / hz ))"
 psql -X -q -h 127.0.0.1 -p "$pg_port" -U ingest -d ingest -c "

@@ -282,6 +282,7 @@ impl WriteConnection {
                     if !self.client.is_closed() {
                         let _ = self.client.batch_execute("ROLLBACK").await;
                     }
+                    metrics::counter!(crate::metrics::SHARED_TRANSACTIONS_REDONE).increment(1);
                     tracing::debug!(%error, chunks = chunks.len(), "shared transaction failed; applying its chunks one at a time");
                 }
             }

@@ -189,6 +189,7 @@ async fn waiting_chunks_of_different_tenants_share_a_transaction_and_a_poison_re
         .batch_execute("ALTER TABLE processing_activities ADD CONSTRAINT no_poison CHECK (activity_name NOT LIKE 'POISON%')")
         .await
         .unwrap();
+    let redone_before = app.metric(REDONE).await;
     let tenants: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
     let submissions = tenants.iter().enumerate().map(|(position, tenant)| {
         let mut records = activities(2_000);
@@ -234,8 +235,14 @@ async fn waiting_chunks_of_different_tenants_share_a_transaction_and_a_poison_re
         )
         .await;
     assert_eq!(most_of_one_scan_in_a_transaction, 100);
+    assert!(
+        app.metric(REDONE).await > redone_before,
+        "the shared transaction with the poison record is counted as redone"
+    );
     app.stop().await;
 }
+
+const REDONE: &str = "ingest_writer_shared_transactions_redone_total";
 
 /// A scan is staged by several statements sent together (the scan, its audit entry, its chunks
 /// in groups, the owner's notification), and PostgreSQL answers every statement behind a
