@@ -279,19 +279,25 @@ impl TestApp {
         tenant
     }
 
-    /// The value of an unlabelled counter or gauge in `GET /metrics`, 0 while it has none
-    /// (a counter appears once first incremented). Metrics are process-wide: other tests running
-    /// at the same time add to them too.
-    pub async fn metric(&self, name: &str) -> f64 {
+    /// `GET /metrics`, which needs no token.
+    pub async fn exported_metrics(&self) -> String {
         let response = self
             .http
             .get(format!("{}/metrics", self.address))
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 200);
-        let text = response.text().await.unwrap();
-        text.lines()
+        assert_eq!(response.status(), 200, "metrics need no token");
+        response.text().await.unwrap()
+    }
+
+    /// The value of an unlabelled counter or gauge in `GET /metrics`, 0 while it has none
+    /// (a counter appears once first incremented). Metrics are process-wide: other tests running
+    /// at the same time add to them too.
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.exported_metrics()
+            .await
+            .lines()
             .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
             .map(|value| value.trim().parse::<f64>().unwrap())
             .next()

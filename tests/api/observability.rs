@@ -99,17 +99,6 @@ async fn ingest_something(app: &TestApp) {
     .await;
 }
 
-async fn exported_metrics(app: &TestApp) -> String {
-    let response = app
-        .http
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "metrics need no token");
-    response.text().await.unwrap()
-}
-
 #[tokio::test]
 async fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
     let app =
@@ -135,7 +124,7 @@ async fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
     assert_eq!(pause.status(), 200);
     assert_eq!(app.post_scan(paused, activities(10)).await.status(), 202);
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let exported = exported_metrics(&app).await;
+    let exported = app.exported_metrics().await;
     let exported_names: BTreeSet<String> = exported
         .lines()
         .filter(|line| line.starts_with("ingest_"))

@@ -160,6 +160,22 @@ async fn only_the_chunk_that_finishes_a_scan_waits_for_its_commit_to_be_flushed(
     assert_eq!(activities_in(&admin, tenant).await, 2_345 + 10);
 }
 
+/// A tenant's staged chunks, oldest first, as a writer takes them.
+async fn staged_chunks(admin: &tokio_postgres::Client, tenant: Uuid) -> Vec<ChunkSource> {
+    admin
+        .query(
+            "SELECT chunk_id FROM staged_chunks WHERE tenant_id = $1 ORDER BY chunk_id",
+            &[&tenant],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| ChunkSource::Staged {
+            chunk_id: row.get(0),
+        })
+        .collect()
+}
+
 /// Staged chunks of two tenants in one shared transaction: the transaction waits for its
 /// commit's flush if any of its chunks finishes a scan (the last `ADVANCE_SCAN` alone would
 /// decide otherwise), every chunk reports its own outcome, and a chunk already applied is
@@ -176,22 +192,10 @@ async fn a_shared_transaction_waits_for_its_flush_when_any_of_its_chunks_finishe
 
     let mut connection = WriteConnection::open(&database).await.unwrap();
     let admin = ingest_engine::store::connect(&database).await.unwrap();
-    let mut staged = Vec::new();
-    for tenant in [first, second] {
-        let chunks: Vec<ChunkSource> = admin
-            .query(
-                "SELECT chunk_id FROM staged_chunks WHERE tenant_id = $1 ORDER BY chunk_id",
-                &[&tenant],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| ChunkSource::Staged {
-                chunk_id: row.get(0),
-            })
-            .collect();
-        staged.push(chunks);
-    }
+    let staged = [
+        staged_chunks(&admin, first).await,
+        staged_chunks(&admin, second).await,
+    ];
     let together = |first_chunk: usize, second_chunk: usize| {
         vec![
             ChunkToApply {
@@ -273,23 +277,11 @@ async fn shared_transactions_with_the_same_tenants_in_opposite_orders_do_not_dea
     let database = app.database.clone();
     app.stop().await;
     let admin = ingest_engine::store::connect(&database).await.unwrap();
-    let mut staged = Vec::new();
-    for tenant in [first, second] {
-        let chunks: Vec<ChunkSource> = admin
-            .query(
-                "SELECT chunk_id FROM staged_chunks WHERE tenant_id = $1 ORDER BY chunk_id",
-                &[&tenant],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| ChunkSource::Staged {
-                chunk_id: row.get(0),
-            })
-            .collect();
-        assert_eq!(chunks.len(), 2);
-        staged.push(chunks);
-    }
+    let staged = [
+        staged_chunks(&admin, first).await,
+        staged_chunks(&admin, second).await,
+    ];
+    assert!(staged.iter().all(|chunks| chunks.len() == 2));
     let chunk = |tenant: usize, index: usize| ChunkToApply {
         tenant_id: TenantId([first, second][tenant]),
         source: &staged[tenant][index],
