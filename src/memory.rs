@@ -38,29 +38,50 @@ pub fn advise_huge_pages(buffer: &mut [MaybeUninit<u8>]) {
 /// pages costs little, and keeping them would only add resident memory.
 const KEPT_BODY_MIN_BYTES: usize = 1 << 20;
 
-/// Nor are bodies above this size kept: a kept buffer is resident in full before its next body
-/// arrives, while a fresh one grows with the bytes read, so keeping the buffers of the largest
-/// bodies (36 to 51 MB) raised the peak memory of a burst of 100 scans of 100,000 records from
-/// 191-203 MiB to 239-264 MiB (over the 256 MiB its test allows). Up to this size, the
-/// engine's memory grows by at most `max_kept` times this.
-const KEPT_BODY_MAX_BYTES: usize = 16 << 20;
+/// Nor are bodies above this size kept: the largest body `POST /data-scans` accepts by default
+/// (`ingest.max_scan_body_bytes`). Up to this size, the engine's memory beyond the admission
+/// budget is at most `max_kept` times this, and only for [`KEPT_BODY_IDLE`] after a body that
+/// large.
+const KEPT_BODY_MAX_BYTES: usize = 64 << 20;
 
-/// The sizes of buffers that may be kept are rounded up to a multiple of this: at most this
-/// much of a body's buffer is beyond its declared length, outside the admission budget.
+/// The sizes of buffers that may be kept are rounded up to a multiple of this, which is also
+/// the smallest slack between a kept buffer and a body it is taken for.
 const KEPT_BODY_GRAIN_BYTES: usize = 256 << 10;
+
+/// A kept buffer is taken only for a body it holds that is at most a sixty-fourth (or
+/// [`KEPT_BODY_GRAIN_BYTES`]) smaller, and a new buffer is made half that much larger than its
+/// body (rounded up to the grain): the load test's scans of 100,000 records (50.9 to 51.0 MB)
+/// differ by 0.3 %, so they share buffers, while a much smaller body is never read into a much
+/// larger buffer, which would be resident in full and charged only for the smaller body.
+const KEPT_BODY_SLACK_DIVISOR: usize = 64;
+
+/// The largest buffer a body of `length` bytes may be read into: what admission charges for
+/// the body itself.
+pub fn body_buffer_bound(length: usize) -> usize {
+    if (KEPT_BODY_MIN_BYTES..=KEPT_BODY_MAX_BYTES).contains(&length) {
+        length + kept_body_slack(length)
+    } else {
+        length
+    }
+}
+
+fn kept_body_slack(length: usize) -> usize {
+    (length / KEPT_BODY_SLACK_DIVISOR).max(KEPT_BODY_GRAIN_BYTES)
+}
 
 /// A kept buffer unused this long is returned to the system.
 pub const KEPT_BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Buffers of request bodies of 1 to 16 MiB, kept between submissions while they arrive one
+/// Buffers of request bodies of 1 to 64 MiB, kept between submissions while they arrive one
 /// after another. A fresh multi-megabyte buffer is mapped anew and every page of it zeroed by the
 /// kernel as the body is first written into it: in a burst of 100 scans of 100,000 records,
-/// 16 % of the request and parsing threads' CPU went to zeroing pages (`clear_page_erms`). A
-/// kept buffer is already resident. At most `max_kept` buffers are kept (one per parsing slot:
+/// 11 to 16 % of the request and parsing threads' CPU went to zeroing pages (`clear_page_erms`).
+/// A kept buffer is already resident. At most `max_kept` buffers are kept (one per parsing slot:
 /// as many bodies as are parsed at once), and each is dropped once unused for
 /// [`KEPT_BODY_IDLE`], so an idle engine holds none ([`BodyBuffers::drop_idle`], called every
 /// second). A kept buffer is outside the admission budget only between two submissions: the
-/// next one takes it for a body the budget charged.
+/// next one takes it for a body the budget charged, and only for a body of nearly its size
+/// ([`body_buffer_bound`], which admission charges).
 pub struct BodyBuffers {
     max_kept: usize,
     kept: std::sync::Mutex<Vec<KeptBuffer>>,
@@ -79,25 +100,29 @@ impl BodyBuffers {
         }
     }
 
-    /// An empty buffer of at least `capacity` bytes: the smallest kept one that is large
-    /// enough, else a new one (on huge pages where offered). A buffer that may be kept is made
-    /// a whole number of [`KEPT_BODY_GRAIN_BYTES`] long: bodies of one kind differ by a few
-    /// bytes, and a buffer sized to the byte would fit the next body only when that body is
-    /// no larger.
-    pub fn take(&self, capacity: usize) -> bytes::BytesMut {
-        let mut capacity = capacity;
-        if (KEPT_BODY_MIN_BYTES..=KEPT_BODY_MAX_BYTES).contains(&capacity) {
-            capacity = capacity.next_multiple_of(KEPT_BODY_GRAIN_BYTES);
+    /// An empty buffer for a body of `length` bytes: the smallest kept one that holds it and is
+    /// at most [`body_buffer_bound`] large, else a new one (on huge pages where offered). A buffer that
+    /// may be kept is made half that slack larger than its body (rounded up to
+    /// [`KEPT_BODY_GRAIN_BYTES`]): bodies of one kind differ by a few bytes, and a buffer sized
+    /// to the byte would fit the next body only when that body is no larger.
+    pub fn take(&self, length: usize) -> bytes::BytesMut {
+        let mut capacity = length;
+        if (KEPT_BODY_MIN_BYTES..=KEPT_BODY_MAX_BYTES).contains(&length) {
+            let slack = kept_body_slack(length);
+            let taken = length..=length + slack;
             let mut kept = self.lock();
             let smallest_fitting = kept
                 .iter()
                 .enumerate()
-                .filter(|(_, kept)| kept.buffer.capacity() >= capacity)
+                .filter(|(_, kept)| taken.contains(&kept.buffer.capacity()))
                 .min_by_key(|(_, kept)| kept.buffer.capacity())
                 .map(|(position, _)| position);
             if let Some(position) = smallest_fitting {
                 return kept.swap_remove(position).buffer;
             }
+            capacity = (length + slack / 2)
+                .next_multiple_of(KEPT_BODY_GRAIN_BYTES)
+                .min(length + slack);
         }
         let mut buffer = bytes::BytesMut::with_capacity(capacity);
         advise_huge_pages(buffer.spare_capacity_mut());
@@ -152,6 +177,7 @@ impl BodyBuffers {
 mod tests {
     use super::*;
 
+    const KIB: usize = 1 << 10;
     const MIB: usize = 1 << 20;
 
     fn body_of(buffers: &BodyBuffers, length: usize) -> bytes::Bytes {
@@ -166,8 +192,12 @@ mod tests {
         let body = body_of(&buffers, 3 * MIB);
         let address = body.as_ptr();
         buffers.give_back(body);
-        assert_eq!(buffers.kept_bytes(), 3 * MIB);
-        let again = buffers.take(2 * MIB);
+        assert_eq!(
+            buffers.kept_bytes(),
+            3 * MIB + 256 * KIB,
+            "the body and half its slack"
+        );
+        let again = buffers.take(3 * MIB + 1_000);
         assert_eq!(again.as_ptr(), address, "the kept buffer is taken again");
         assert!(again.is_empty());
         assert_eq!(buffers.kept_bytes(), 0);
@@ -211,15 +241,43 @@ mod tests {
         for body in bodies {
             buffers.give_back(body);
         }
-        assert_eq!(buffers.kept_bytes(), 8 * MIB, "the 2 MiB one was dropped");
+        // 5 and 3 MiB with half their slack (at least 256 KiB), in 256 KiB steps.
+        let both = 5 * MIB + 256 * KIB + 3 * MIB + 256 * KIB;
+        assert_eq!(buffers.kept_bytes(), both, "the 2 MiB one was dropped");
         assert!(buffers.take(6 * MIB).capacity() >= 6 * MIB);
-        assert_eq!(
-            buffers.kept_bytes(),
-            8 * MIB,
-            "neither kept buffer fits 6 MiB"
+        assert_eq!(buffers.kept_bytes(), both, "neither kept buffer fits 6 MiB");
+        assert!(buffers.take(5 * MIB).capacity() >= 5 * MIB);
+        assert_eq!(buffers.kept_bytes(), 3 * MIB + 256 * KIB);
+        let fresh = buffers.take(2 * MIB);
+        assert!(
+            fresh.capacity() < 3 * MIB,
+            "a body is not read into a buffer much larger than itself"
         );
-        assert!(buffers.take(4 * MIB).capacity() >= 5 * MIB);
-        assert_eq!(buffers.kept_bytes(), 3 * MIB);
+        assert_eq!(buffers.kept_bytes(), 3 * MIB + 256 * KIB);
+    }
+
+    #[test]
+    fn buffers_of_the_largest_scans_are_kept_for_bodies_of_their_kind() {
+        // A scan of 100,000 of the load test's records is about 51 MB.
+        let buffers = BodyBuffers::new(2);
+        let body = body_of(&buffers, 51_000_000);
+        let address = body.as_ptr();
+        buffers.give_back(body);
+        for length in [51_300_000, 50_900_000] {
+            let again = buffers.take(length);
+            assert_eq!(
+                again.as_ptr(),
+                address,
+                "{length} bytes fit the kept buffer"
+            );
+            buffers.give_back(again.freeze());
+        }
+        let smaller = buffers.take(50_000_000);
+        assert_ne!(
+            smaller.as_ptr(),
+            address,
+            "40 MB are not read into a 52 MB buffer"
+        );
     }
 
     #[test]
@@ -227,7 +285,11 @@ mod tests {
         let buffers = BodyBuffers::new(2);
         buffers.give_back(body_of(&buffers, 2 * MIB));
         buffers.drop_idle();
-        assert_eq!(buffers.kept_bytes(), 2 * MIB, "not idle long enough yet");
+        assert_eq!(
+            buffers.kept_bytes(),
+            2 * MIB + 256 * KIB,
+            "not idle long enough yet"
+        );
         for kept in buffers.lock().iter_mut() {
             kept.since -= KEPT_BODY_IDLE;
         }

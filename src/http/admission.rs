@@ -55,10 +55,16 @@ const RETRY_AFTER_MAX_SECS: u64 = 600;
 /// `Retry-After` of a refusal with no rate to estimate from, in seconds.
 const RETRY_AFTER_UNKNOWN_SECS: u64 = 2;
 
-/// Kibibytes a body of `bytes` is charged until it is parsed.
+/// Kibibytes a body of `bytes` is charged until it is parsed: the largest buffer it may be read
+/// into, and the parse's chunks and scratch.
 pub fn charge_kib(bytes: u64) -> u64 {
     let body_kib = bytes.div_ceil(1024);
-    body_kib + body_kib * CHUNKS_PER_BODY.0 / CHUNKS_PER_BODY.1 + PARSE_SCRATCH_KIB
+    let buffer_kib = usize::try_from(bytes)
+        .map_or(bytes, |length| {
+            crate::memory::body_buffer_bound(length) as u64
+        })
+        .div_ceil(1024);
+    buffer_kib + body_kib * CHUNKS_PER_BODY.0 / CHUNKS_PER_BODY.1 + PARSE_SCRATCH_KIB
 }
 
 /// Kibibytes a parsed submission whose chunks' payloads take `payload_bytes` is charged while
