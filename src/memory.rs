@@ -101,8 +101,8 @@ impl BodyBuffers {
     }
 
     /// An empty buffer for a body of `length` bytes: the smallest kept one that holds it and is
-    /// at most [`body_buffer_bound`] large, else a new one (on huge pages where offered). A buffer that
-    /// may be kept is made half that slack larger than its body (rounded up to
+    /// at most [`body_buffer_bound`] large, else a new one (on huge pages where offered). A
+    /// buffer that may be kept is made half that slack larger than its body (rounded up to
     /// [`KEPT_BODY_GRAIN_BYTES`]): bodies of one kind differ by a few bytes, and a buffer sized
     /// to the byte would fit the next body only when that body is no larger.
     pub fn take(&self, length: usize) -> bytes::BytesMut {
