@@ -10,8 +10,9 @@
 # followed by the engine's admission counters, per-stage submission times and chunks per writer
 # transaction (and shared transactions redone chunk by chunk) from /metrics, the
 # CPU seconds of the engine and of PostgreSQL (the postmaster with every process it started,
-# exited ones included) over the run, PostgreSQL's WAL and autovacuum figures (the
-# baseline's share included unless the scenario runs with --skip-baseline), and the deadlocks
+# exited ones included) over the run, PostgreSQL's WAL (with its full-page images and the
+# checkpoints that caused them) and autovacuum figures (the baseline's share included unless
+# the scenario runs with --skip-baseline), and the deadlocks
 # and rolled-back transactions of the engine's database (a shared writer transaction that
 # failed shows among them, and its copied rows, up to 4,000, among the rows inserted).
 # Needs `cargo build --release --workspace --bins` first (for target/release/loadtest).
@@ -61,7 +62,9 @@ curl -s "http://127.0.0.1:$port/metrics" \
 hz=$(getconf CLK_TCK)
 echo "CPU seconds over the run: engine $(( ($(cpu_ticks "$engine_pid") - engine_before) / hz )), PostgreSQL $(( ($(postgres_ticks) - postgres_before) / hz ))"
 psql -X -q -h 127.0.0.1 -p "$pg_port" -U ingest -d ingest -c "
-    SELECT pg_size_pretty(wal_bytes) AS wal, wal_records, wal_fpi FROM pg_stat_wal" -c "
+    SELECT pg_size_pretty(wal_bytes) AS wal, wal_records, wal_fpi,
+           checkpoints_timed + checkpoints_req AS checkpoints
+    FROM pg_stat_wal, pg_stat_bgwriter" -c "
     SELECT deadlocks, xact_rollback AS rolled_back FROM pg_stat_database
     WHERE datname = current_database()" -c "
     SELECT relname, autovacuum_count, n_tup_ins, n_tup_del,
