@@ -78,6 +78,12 @@ pub struct GlobalOptions {
     /// which cost whatever part of a scenario runs first.
     #[arg(long, global = true)]
     pub cold_wal: bool,
+    /// Start a baseline that runs after an engine part without first settling the database
+    /// (see `database::settle`): the baseline then also pays for the engine part's
+    /// aftermath (the vacuum its rows set off, the checkpoint its WAL set off, the dirty
+    /// pages of the verification's reads), as every baseline did before 2026-12-03.
+    #[arg(long, global = true)]
+    pub unsettled_baseline: bool,
 }
 
 #[derive(Subcommand, Debug, Clone, Serialize)]

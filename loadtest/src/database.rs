@@ -135,6 +135,25 @@ pub async fn prepare_wal_segments(database_url: &str) -> Result<u64, String> {
     Ok(switches)
 }
 
+/// Brings the database to rest before a measurement that follows another one: `VACUUM`
+/// (which also sets the hint bits a verification's reads would otherwise leave to be written),
+/// then `CHECKPOINT`, which writes every dirty page. A baseline run right after an engine part
+/// then starts as the engine part did, with no vacuum, checkpoint or page writes of the earlier
+/// part in progress; nothing of this is timed. A manual `VACUUM` waits at most
+/// `deadlock_timeout` for an autovacuum of the same table, which then gives way.
+/// Needs a role allowed to run `CHECKPOINT` (the private cluster's superuser).
+pub async fn settle(database_url: &str) -> Result<(), String> {
+    let client = connect(database_url).await?;
+    client
+        .batch_execute("VACUUM")
+        .await
+        .map_err(|error| format!("cannot vacuum: {error}"))?;
+    client
+        .batch_execute("CHECKPOINT")
+        .await
+        .map_err(|error| format!("cannot checkpoint: {error}"))
+}
+
 impl Verification {
     /// A verification of `expected_rows` that has not (or could not) run: it does not pass.
     pub fn not_passed(

@@ -134,9 +134,24 @@ pub struct BaselineReport {
     pub verification: Verification,
     pub timeline: Vec<TimelinePoint>,
     pub encoding_seconds: f64,
+    /// Whether the database was brought to rest before the clock started (`database::settle`).
+    pub settled: Settling,
     /// `psql`'s `\copy` of the same rows (text format), right after the binary COPY.
     #[serde(rename = "psql_copy")]
     pub psql_copy_opt: Option<PsqlCopyReport>,
+}
+
+/// Whether a baseline's database was brought to rest before its clock started.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Settling {
+    /// Nothing was done: nothing ran before the baseline, or `--unsettled-baseline`.
+    NotAsked { reason: &'static str },
+    /// `VACUUM` and `CHECKPOINT` ran (untimed) in `seconds`.
+    #[serde(rename = "settled")]
+    Done { seconds: f64 },
+    /// They could not run (say, a role without `CHECKPOINT`); the baseline ran unsettled.
+    Failed { error: String },
 }
 
 /// Where a report went.

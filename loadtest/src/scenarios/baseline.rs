@@ -23,7 +23,7 @@ use crate::database::{self, Verification};
 use crate::psql_copy;
 use crate::report::{
     common_summary_lines, number_en, number_vi, BaselineReport, DataReport, ScenarioReport,
-    Throughput,
+    Settling, Throughput,
 };
 use crate::statistics::{round_to_thousandths, LatencyHistogram, Timeline};
 
@@ -49,7 +49,7 @@ struct CopyProgress {
 
 pub async fn run(context: &Context, options: &BaselineOptions) -> ScenarioReport {
     let started_at = Utc::now();
-    let baseline = measure(context, options.tenants, options.records).await;
+    let baseline = measure(context, options.tenants, options.records, Before::Nothing).await;
     let (mut summary_en, mut summary_vi) = (Vec::new(), Vec::new());
     push_baseline_summary(&baseline, &mut summary_en, &mut summary_vi);
     let (english, vietnamese) = common_summary_lines(&baseline.verification, None);
@@ -97,9 +97,25 @@ pub fn ratio(engine_records_per_second: f64, baseline_opt: Option<&BaselineRepor
     (baseline > 0.0).then(|| round_to_thousandths(engine_records_per_second / baseline))
 }
 
+/// What ran on the database just before a baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Before {
+    Nothing,
+    /// An engine part: its rows' vacuum, its WAL's checkpoint and the dirty pages of its
+    /// verification's reads are still in progress unless the database is settled first.
+    EnginePart,
+}
+
 /// Loads `tenants` × `records` rows (the streams `0..tenants` of the run's seed, under fresh
-/// tenant ids) and reports the rate and the verification of those tenants.
-pub async fn measure(context: &Context, tenants: usize, records: usize) -> BaselineReport {
+/// tenant ids) and reports the rate and the verification of those tenants. After an engine
+/// part, the database is first brought to rest (`database::settle`, untimed) unless
+/// `--unsettled-baseline`, so the baseline does not pay for what the engine part left running.
+pub async fn measure(
+    context: &Context,
+    tenants: usize,
+    records: usize,
+    before: Before,
+) -> BaselineReport {
     let writers = context.global.writers.max(1);
     let seed = context.global.seed;
     let encoding_started = Instant::now();
@@ -124,6 +140,7 @@ pub async fn measure(context: &Context, tenants: usize, records: usize) -> Basel
         .map(|job| (job.tenant_id, job.records as i64))
         .collect();
     let total_records = (tenants * records) as u64;
+    let settling = settle_after(context, before).await;
 
     let mut connections = Vec::with_capacity(writers);
     let mut connect_error_opt = None;
@@ -137,7 +154,7 @@ pub async fn measure(context: &Context, tenants: usize, records: usize) -> Basel
         }
     }
     if let Some(error) = connect_error_opt {
-        return failed_baseline(writers, encoding_seconds, &expected_rows, error);
+        return failed_baseline(writers, encoding_seconds, settling, &expected_rows, error);
     }
 
     let queue = Arc::new(Mutex::new(jobs.into_iter().collect::<VecDeque<CopyJob>>()));
@@ -241,13 +258,39 @@ pub async fn measure(context: &Context, tenants: usize, records: usize) -> Basel
         verification,
         timeline: timeline.points(),
         encoding_seconds,
+        settled: settling,
         psql_copy_opt,
+    }
+}
+
+/// Settles the database before a baseline that follows an engine part (see [`measure`]).
+async fn settle_after(context: &Context, before: Before) -> Settling {
+    if before == Before::Nothing {
+        return Settling::NotAsked {
+            reason: "nothing ran before it",
+        };
+    }
+    if context.global.unsettled_baseline {
+        return Settling::NotAsked {
+            reason: "--unsettled-baseline",
+        };
+    }
+    let started = Instant::now();
+    match database::settle(&context.database_url).await {
+        Ok(()) => Settling::Done {
+            seconds: round_to_thousandths(started.elapsed().as_secs_f64()),
+        },
+        Err(error) => {
+            eprintln!("note: the database was not settled before the baseline: {error}");
+            Settling::Failed { error }
+        }
     }
 }
 
 fn failed_baseline(
     writers: usize,
     encoding_seconds: f64,
+    settling: Settling,
     expected_rows: &BTreeMap<Uuid, i64>,
     error: String,
 ) -> BaselineReport {
@@ -267,6 +310,7 @@ fn failed_baseline(
         verification: Verification::not_passed(expected_rows, Some(error)),
         timeline: Vec::new(),
         encoding_seconds,
+        settled: settling,
         psql_copy_opt: None,
     }
 }
@@ -310,6 +354,27 @@ pub fn push_baseline_summary(
         number_vi(baseline.copy_latency.p99_ms, 1),
         baseline.failed_copy_statements,
     ));
+    match &baseline.settled {
+        Settling::NotAsked { .. } => {}
+        Settling::Done { seconds } => {
+            english.push(format!(
+                "Before COPY's clock started, the database was brought to rest (VACUUM, CHECKPOINT; {} s, untimed).",
+                number_en(*seconds, 1),
+            ));
+            vietnamese.push(format!(
+                "Trước khi tính giờ COPY, cơ sở dữ liệu được đưa về trạng thái nghỉ (VACUUM, CHECKPOINT; {} giây, không tính giờ).",
+                number_vi(*seconds, 1),
+            ));
+        }
+        Settling::Failed { error } => {
+            english.push(format!(
+                "The database could not be brought to rest before COPY ({error}): the baseline also paid for what ran before it."
+            ));
+            vietnamese.push(format!(
+                "Không đưa được cơ sở dữ liệu về trạng thái nghỉ trước COPY ({error}): phần đối chứng còn chịu cả những việc chạy trước nó."
+            ));
+        }
+    }
     if let Some(psql_copy) = &baseline.psql_copy_opt {
         english.push(format!(
             "psql \\copy, text format ({} processes): {} records in {} s = {} records/s; verification {}{}.",

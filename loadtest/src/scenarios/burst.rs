@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Serialize;
 
-use super::baseline::{self, measure, push_baseline_summary};
+use super::baseline::{self, measure, push_baseline_summary, Before};
 use super::{
     expect_rows, finish_memory, finished_records_and_seconds, generate_scan_bodies,
     submit_all_and_follow_through, Context, FollowedScan,
@@ -77,7 +77,7 @@ pub async fn run(context: &Context, options: &BurstOptions) -> ScenarioReport {
     let notes = vec![
         "Records/s counts records in finished scans over the time from the first POST to the last completed_at (the engine's clock, on this machine).".to_string(),
         "Each client retries a 503 or 429 after its Retry-After (honoured up to 120 s), with the same body and idempotency key.".to_string(),
-        "The baseline loads the same generated rows (same seed and streams) under fresh tenant ids, after the engine part, pre-encoded as binary COPY.".to_string(),
+        "The baseline loads the same generated rows (same seed and streams) under fresh tenant ids, after the engine part, pre-encoded as binary COPY; the database is brought to rest (VACUUM, CHECKPOINT) before its clock starts, unless --unsettled-baseline.".to_string(),
     ];
 
     let accepted_seconds: Vec<f64> = followed
@@ -134,7 +134,15 @@ pub async fn run(context: &Context, options: &BurstOptions) -> ScenarioReport {
     let baseline_opt = if options.skip_baseline {
         None
     } else {
-        Some(measure(context, options.tenants, records_per_scan).await)
+        Some(
+            measure(
+                context,
+                options.tenants,
+                records_per_scan,
+                Before::EnginePart,
+            )
+            .await,
+        )
     };
     let ratio_opt = baseline::ratio(engine_throughput.records_per_second, baseline_opt.as_ref());
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::baseline::{self, measure, push_baseline_summary};
+use super::baseline::{self, measure, push_baseline_summary, Before};
 use super::{
     expect_rows, finish_insert_sampler, finish_memory, generate_scan_bodies, start_insert_sampler,
     submit_all_and_follow, Context, FollowedScan, TIMELINE_NOTE,
@@ -61,7 +61,7 @@ pub async fn run(context: &Context, options: &ScansOptions) -> ScenarioReport {
     let mut notes = vec![
         "Records/s counts records in finished scans over the time from the first POST to the last completed_at (the engine's clock, on this machine).".to_string(),
         TIMELINE_NOTE.to_string(),
-        "The baseline loads the same generated rows (same seed and streams) under fresh tenant ids, after the engine part, pre-encoded as binary COPY.".to_string(),
+        "The baseline loads the same generated rows (same seed and streams) under fresh tenant ids, after the engine part, pre-encoded as binary COPY; the database is brought to rest (VACUUM, CHECKPOINT) before its clock starts, unless --unsettled-baseline.".to_string(),
     ];
 
     let mut expected_rows = BTreeMap::new();
@@ -109,7 +109,15 @@ pub async fn run(context: &Context, options: &ScansOptions) -> ScenarioReport {
     let baseline_opt = if options.skip_baseline {
         None
     } else {
-        Some(measure(context, options.tenants, records_per_scan).await)
+        Some(
+            measure(
+                context,
+                options.tenants,
+                records_per_scan,
+                Before::EnginePart,
+            )
+            .await,
+        )
     };
     let ratio_opt = baseline::ratio(engine_throughput.records_per_second, baseline_opt.as_ref());
 
