@@ -97,9 +97,23 @@ pub fn ratio(engine_records_per_second: f64, baseline_opt: Option<&BaselineRepor
     (baseline > 0.0).then(|| round_to_thousandths(engine_records_per_second / baseline))
 }
 
+/// The baseline of a scenario whose engine part has just run (see [`measure`]), unless the
+/// scenario skips it.
+pub async fn after_engine_part(
+    context: &Context,
+    tenants: usize,
+    records: usize,
+    skip: bool,
+) -> Option<BaselineReport> {
+    if skip {
+        return None;
+    }
+    Some(measure(context, tenants, records, Before::EnginePart).await)
+}
+
 /// What ran on the database just before a baseline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Before {
+enum Before {
     Nothing,
     /// An engine part: its rows' vacuum, its WAL's checkpoint and the dirty pages of its
     /// verification's reads are still in progress unless the database is settled first.
@@ -110,7 +124,7 @@ pub enum Before {
 /// tenant ids) and reports the rate and the verification of those tenants. After an engine
 /// part, the database is first brought to rest (`database::settle`, untimed) unless
 /// `--unsettled-baseline`, so the baseline does not pay for what the engine part left running.
-pub async fn measure(
+async fn measure(
     context: &Context,
     tenants: usize,
     records: usize,

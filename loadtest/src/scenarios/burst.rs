@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Serialize;
 
-use super::baseline::{self, measure, push_baseline_summary, Before};
+use super::baseline::{self, push_baseline_summary};
 use super::{
     expect_rows, finish_memory, finished_records_and_seconds, generate_scan_bodies,
     submit_all_and_follow_through, Context, FollowedScan,
@@ -131,19 +131,13 @@ pub async fn run(context: &Context, options: &BurstOptions) -> ScenarioReport {
         accepted_seconds_opt: summarize_seconds(&accepted_seconds),
     };
 
-    let baseline_opt = if options.skip_baseline {
-        None
-    } else {
-        Some(
-            measure(
-                context,
-                options.tenants,
-                records_per_scan,
-                Before::EnginePart,
-            )
-            .await,
-        )
-    };
+    let baseline_opt = baseline::after_engine_part(
+        context,
+        options.tenants,
+        records_per_scan,
+        options.skip_baseline,
+    )
+    .await;
     let ratio_opt = baseline::ratio(engine_throughput.records_per_second, baseline_opt.as_ref());
 
     let endpoints = context.client.recorder.reports();

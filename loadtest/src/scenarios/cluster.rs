@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-use super::baseline::{self, measure, push_baseline_summary, Before};
+use super::baseline::{self, push_baseline_summary};
 use super::{
     expect_rows, finish_memory, finished_records_and_seconds, generate_scan_bodies,
     submit_all_and_follow_through, Context, FollowedScan,
@@ -253,19 +253,13 @@ pub async fn run(context: &Context, options: &ClusterOptions) -> ScenarioReport 
     }
     notes.extend(setup_errors.iter().cloned());
 
-    let baseline_opt = if options.skip_baseline {
-        None
-    } else {
-        Some(
-            measure(
-                context,
-                options.tenants,
-                options.records,
-                Before::EnginePart,
-            )
-            .await,
-        )
-    };
+    let baseline_opt = baseline::after_engine_part(
+        context,
+        options.tenants,
+        options.records,
+        options.skip_baseline,
+    )
+    .await;
     let rate_of = |name: &str| {
         phases
             .iter()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::baseline::{self, measure, push_baseline_summary, Before};
+use super::baseline::{self, push_baseline_summary};
 use super::{
     expect_rows, finish_insert_sampler, finish_memory, generate_scan_bodies, start_insert_sampler,
     submit_all_and_follow, Context, FollowedScan, TIMELINE_NOTE,
@@ -106,19 +106,13 @@ pub async fn run(context: &Context, options: &ScansOptions) -> ScenarioReport {
     }
     let all_completed = scans_by_final_status.get("completed") == Some(&options.tenants);
 
-    let baseline_opt = if options.skip_baseline {
-        None
-    } else {
-        Some(
-            measure(
-                context,
-                options.tenants,
-                records_per_scan,
-                Before::EnginePart,
-            )
-            .await,
-        )
-    };
+    let baseline_opt = baseline::after_engine_part(
+        context,
+        options.tenants,
+        records_per_scan,
+        options.skip_baseline,
+    )
+    .await;
     let ratio_opt = baseline::ratio(engine_throughput.records_per_second, baseline_opt.as_ref());
 
     let endpoints = context.client.recorder.reports();
