@@ -55,7 +55,7 @@ pub async fn record_prepared(
 /// batch, whose chunks commit one by one).
 pub async fn record_alone(pool: &Pool, event: &AuditEvent) -> Result<(), StoreError> {
     let connection = super::connections::checkout(pool).await?;
-    record(&*connection, event).await
+    record(&**connection, event).await
 }
 
 /// Serialises the upkeep of every instance on one database.
@@ -120,7 +120,7 @@ pub async fn ensure_partitions(
 /// Months after the current one (in `time_zone`) whose partitions exist, up to the first gap.
 pub async fn months_ahead(pool: &Pool, time_zone: &str) -> Result<i64, StoreError> {
     let connection = super::connections::checkout(pool).await?;
-    months_ahead_on(&*connection, time_zone).await
+    months_ahead_on(&**connection, time_zone).await
 }
 
 async fn months_ahead_on(

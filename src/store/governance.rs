@@ -126,7 +126,7 @@ pub async fn tenants(pool: &Pool, limit: i64) -> Result<Vec<TenantRow>, StoreErr
 
 pub async fn tenant(pool: &Pool, tenant_id: TenantId) -> Result<Option<TenantRow>, StoreError> {
     let connection = super::connections::checkout(pool).await?;
-    select_tenant(&*connection, tenant_id, false).await
+    select_tenant(&**connection, tenant_id, false).await
 }
 
 async fn select_tenant(

@@ -110,6 +110,14 @@ impl StoreError {
         }
     }
 
+    /// A prepared statement that no longer fits: PostgreSQL refuses to run a cached plan whose
+    /// result columns a schema change altered (0A000, "cached plan must not change result
+    /// type"), or the statement is gone from the session (26000). Preparing it again fixes
+    /// either.
+    pub fn is_stale_statement(&self) -> bool {
+        matches!(self.sqlstate_opt(), Some("0A000" | "26000"))
+    }
+
     /// Retryable: lost connections, deadlocks, serialization failures, too many connections,
     /// a server shutting down or starting up, pool time-outs. Everything else is permanent.
     pub fn is_retryable(&self) -> bool {

@@ -101,7 +101,7 @@ pub async fn claim(
             Err(error) => return Err(error.into()),
         }
     }
-    owned_by(&*connection, instance_id).await
+    owned_by(&**connection, instance_id).await
 }
 
 async fn owned_by(

@@ -4,9 +4,12 @@
 //! idempotency key already names), and inserts its chunks. The chunks then wait in
 //! `staged_chunks` until a writer applies them (see `chunk_writes`).
 
+use std::sync::LazyLock;
+
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+use super::connections::StatementCache;
 use super::queries::{self, ScanRow};
 use super::{Pool, StoreError};
 use crate::domain::audit::AuditEvent;
@@ -145,27 +148,73 @@ pub async fn stage_scan(
     defaults: TenantDefaults,
 ) -> Result<StagedScan, StoreError> {
     let mut connection = super::connections::checkout(pool).await?;
-    let transaction = connection.transaction().await?;
-    let tenant_uuid = new_scan.tenant_id.0;
-    // Each group of statements is prepared together (one round trip), then executed together
-    // (one more): tokio-postgres sends each prepared statement of joined futures at their first
-    // poll, in order, and PostgreSQL runs them in that order. Under a burst every round trip
-    // waits for a busy core, so this saves most of a submission's staging time.
-    let idempotency_lookup = format!(
+    let (client, statements) = connection.split();
+    let reused = !statements.is_empty();
+    match stage_scan_on(client, statements, new_scan, defaults).await {
+        Ok(staged) => Ok(staged),
+        Err(error) => {
+            statements.clear();
+            // A statement this connection prepared earlier that no longer fits the schema (a
+            // newer instance's migration changed a table under it) fails the transaction, which
+            // rolls back having stored nothing: once more, with the statements prepared afresh.
+            if reused && error.is_stale_statement() {
+                tracing::info!(%error, "staging statements prepared afresh after a schema change");
+                stage_scan_on(client, statements, new_scan, defaults).await
+            } else {
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The idempotency key's scan, and whether the key still names it.
+static IDEMPOTENCY_LOOKUP: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "SELECT {columns}, created_at > now() - interval '{IDEMPOTENCY_WINDOW}' AS fresh \
          FROM scans WHERE tenant_id = $1 AND idempotency_key = $2",
         columns = queries::SCAN_COLUMNS
-    );
-    let (ensure, lock, lookup, sum_backlog) = tokio::try_join!(
-        transaction.prepare(ENSURE_TENANT),
-        transaction.prepare(
-            "SELECT records_per_second, max_backlog_records FROM tenants WHERE tenant_id = $1 FOR NO KEY UPDATE",
-        ),
-        transaction.prepare(&idempotency_lookup),
-        transaction.prepare(
-            "SELECT coalesce(sum(record_count), 0)::bigint FROM staged_chunks WHERE tenant_id = $1",
-        ),
-    )?;
+    )
+});
+
+static INSERT_SCAN: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO scans (tenant_id, scan_id, status, priority, records_total, records_failed, errors, idempotency_key) \
+         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7) RETURNING {}",
+        queries::SCAN_COLUMNS
+    )
+});
+
+const LOCK_TENANT: &str = "SELECT records_per_second, max_backlog_records FROM tenants WHERE tenant_id = $1 FOR NO KEY UPDATE";
+
+const SUM_BACKLOG: &str =
+    "SELECT coalesce(sum(record_count), 0)::bigint FROM staged_chunks WHERE tenant_id = $1";
+
+const INSERT_CHUNKS: &str =
+    "INSERT INTO staged_chunks (tenant_id, scan_id, priority, record_count, payload, payload_encoding) \
+     SELECT $1, $2, $3, staged.record_count, staged.payload, 'lz4-copy-binary' \
+     FROM unnest($4::int4[], $5::bytea[]) WITH ORDINALITY AS staged (record_count, payload, position) \
+     ORDER BY staged.position \
+     RETURNING chunk_id, record_count";
+
+async fn stage_scan_on(
+    client: &mut tokio_postgres::Client,
+    statements: &mut StatementCache,
+    new_scan: &NewScan,
+    defaults: TenantDefaults,
+) -> Result<StagedScan, StoreError> {
+    let transaction = client.transaction().await?;
+    let tenant_uuid = new_scan.tenant_id.0;
+    // Each group of statements is executed together (one round trip): tokio-postgres sends
+    // each statement of joined futures at their first poll, in order, and PostgreSQL runs them
+    // in that order. The statements come from the connection's cache; those it lacks are
+    // prepared together first (one more round trip). Under a burst every round trip waits for
+    // a busy core, so this saves most of a submission's staging time.
+    let [ensure, lock, lookup, sum_backlog] = statements
+        .prepare(
+            &transaction,
+            [ENSURE_TENANT, LOCK_TENANT, &IDEMPOTENCY_LOOKUP, SUM_BACKLOG],
+        )
+        .await?;
     // The tenant registered and locked, its idempotency key looked up, its backlog summed
     // under the lock.
     let no_key: Option<&str> = None;
@@ -227,23 +276,17 @@ pub async fn stage_scan(
                 .unzip()
         })
         .collect();
-    let insert_scan_text = format!(
-        "INSERT INTO scans (tenant_id, scan_id, status, priority, records_total, records_failed, errors, idempotency_key) \
-         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7) RETURNING {}",
-        queries::SCAN_COLUMNS
-    );
-    let (insert_scan, record_audit, insert_chunks, notify) = tokio::try_join!(
-        transaction.prepare(&insert_scan_text),
-        transaction.prepare(super::audit_log::RECORD),
-        transaction.prepare(
-            "INSERT INTO staged_chunks (tenant_id, scan_id, priority, record_count, payload, payload_encoding) \
-             SELECT $1, $2, $3, staged.record_count, staged.payload, 'lz4-copy-binary' \
-             FROM unnest($4::int4[], $5::bytea[]) WITH ORDINALITY AS staged (record_count, payload, position) \
-             ORDER BY staged.position \
-             RETURNING chunk_id, record_count",
-        ),
-        transaction.prepare(super::ownership::NOTIFY_TENANT),
-    )?;
+    let [insert_scan, record_audit, insert_chunks, notify] = statements
+        .prepare(
+            &transaction,
+            [
+                &INSERT_SCAN,
+                super::audit_log::RECORD,
+                INSERT_CHUNKS,
+                super::ownership::NOTIFY_TENANT,
+            ],
+        )
+        .await?;
     // The scan, its audit entry, its chunks, and the notification that tells the tenant's
     // owner (on whichever instance) of the work at the commit.
     let tenant_text = tenant_uuid.to_string();
@@ -391,7 +434,7 @@ pub async fn tenant_limits(
     defaults: TenantDefaults,
 ) -> Result<TenantLimits, StoreError> {
     let connection = super::connections::checkout(pool).await?;
-    ensure_tenant(&*connection, tenant_id, defaults).await?;
+    ensure_tenant(&**connection, tenant_id, defaults).await?;
     let row = connection
         .query_one(
             "SELECT records_per_second, burst, max_backlog_records, paused, region FROM tenants WHERE tenant_id = $1",

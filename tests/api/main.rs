@@ -18,4 +18,5 @@ mod reads;
 mod recovery;
 mod scans;
 mod schema;
+mod staging;
 mod webhooks;
