@@ -117,10 +117,7 @@ impl StatementCache {
         self.by_text.clear();
     }
 
-    pub fn len(&self) -> usize {
-        self.by_text.len()
-    }
-
+    /// No statement is kept (none prepared yet, or just cleared).
     pub fn is_empty(&self) -> bool {
         self.by_text.is_empty()
     }
