@@ -905,12 +905,18 @@ async fn a_batch_sent_to_another_instance_is_written_by_the_tenants_owner() {
     let second = spawn_app_on(first.database.clone(), named("instance-b")).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let tenant = uuid::Uuid::new_v4();
-    crate::helpers::accepted_scan_id(
+    let scan_id = crate::helpers::accepted_scan_id(
         first
             .post_scan(tenant, crate::helpers::activities(10))
             .await,
     )
     .await;
+    // The scan's 10 records are written before the batch is sent, so the count below is the
+    // scan's and the batch's, not a race between the two.
+    let scan = first
+        .wait_for_scan(tenant, &scan_id, Duration::from_secs(30))
+        .await;
+    assert_eq!(scan["status"], "completed", "{scan}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let owner = loop {
         let shown: serde_json::Value = first
